@@ -1,0 +1,54 @@
+"""Two-tower contrastive model with a learnable temperature and (SigLIP) bias."""
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from clipjax.models.text import TextTransformer
+from clipjax.models.vit import VisionTransformer
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def l2_normalize(x, eps=1e-6):
+  x = x.astype(jnp.float32)
+  return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+class CLIPModel(nn.Module):
+  """`encode_image` / `encode_text` give projected embeddings before L2 normalisation."""
+  embed_dim: int
+  vision: dict
+  text: dict
+  init_logit_scale: float = 1 / 0.07
+  init_logit_bias: Optional[float] = None  # SigLIP: -10
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.visual = VisionTransformer(output_dim=self.embed_dim, dtype=self.dtype, **self.vision)
+    self.textual = TextTransformer(output_dim=self.embed_dim, dtype=self.dtype, **self.text)
+    self.log_logit_scale = self.param(
+        'log_logit_scale', nn.with_logical_partitioning(
+            nn.initializers.constant(math.log(self.init_logit_scale)), ()), ())
+    if self.init_logit_bias is not None:
+      self.logit_bias = self.param('logit_bias', nn.with_logical_partitioning(
+          nn.initializers.constant(self.init_logit_bias), ()), ())
+
+  def encode_image(self, images, keep_indices=None):
+    return self.visual(images, keep_indices)[0]
+
+  def encode_text(self, ids):
+    return self.textual(ids)[0]
+
+  def logit_scale(self):
+    """exp of the learned log-scale, clamped at 100 as in CLIP."""
+    return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(MAX_LOGIT_SCALE)))
+
+  def __call__(self, images, ids, keep_indices=None):
+    out = dict(image_emb=l2_normalize(self.encode_image(images, keep_indices)),
+               text_emb=l2_normalize(self.encode_text(ids)),
+               logit_scale=self.logit_scale())
+    if self.init_logit_bias is not None:
+      out['logit_bias'] = self.logit_bias
+    return out

@@ -1,0 +1,48 @@
+"""CLIP causal text transformer, pooled at the end-of-text token."""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from clipjax.models.layers import Transformer, layer_norm, logical_param
+
+
+def eot_positions(ids, eot_token_id: Optional[int]):
+  """Index of the first end-of-text token; OpenAI's argmax(ids) when no id is given."""
+  if eot_token_id is None:
+    return jnp.argmax(ids, axis=-1)
+  return jnp.argmax(ids == eot_token_id, axis=-1)
+
+
+class TextTransformer(nn.Module):
+  width: int
+  layers: int
+  heads: int
+  vocab_size: int
+  context_length: int
+  output_dim: int
+  eot_token_id: Optional[int] = None
+  mlp_ratio: float = 4.0
+  act: str = 'gelu'
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids):
+    """ids: [B, L] int32. Returns (pooled projected embedding [B, output_dim], tokens)."""
+    if ids.shape[-1] > self.context_length:
+      raise ValueError(f'text length {ids.shape[-1]} exceeds context_length {self.context_length}')
+    embed = self.param('token_embed', logical_param(nn.initializers.normal(0.02), ('vocab', 'embed')),
+                       (self.vocab_size, self.width))
+    pos = self.param('pos_embed', logical_param(nn.initializers.normal(0.01), (None, 'embed')),
+                     (self.context_length, self.width))
+    length = ids.shape[-1]
+    x = (jnp.take(embed, ids, axis=0) + pos[:length]).astype(self.dtype)
+    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
+                    name='transformer')(x, causal)
+    x = layer_norm('ln_final', dtype=self.dtype)(x)
+    pooled = x[jnp.arange(x.shape[0]), eot_positions(ids, self.eot_token_id)]
+    proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),
+                      (self.width, self.output_dim))
+    return pooled @ proj.astype(self.dtype), x

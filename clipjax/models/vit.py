@@ -1,0 +1,91 @@
+"""ViT image tower (CLIP layout: ln_pre, class token, ln_post, projection)."""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from clipjax.models.layers import MLP, Transformer, attention, layer_norm, logical_param
+
+
+class MAPHead(nn.Module):
+  """Multi-head attention pooling with a learned probe (SigLIP / big_vision 'map')."""
+  heads: int
+  mlp_ratio: float = 4.0
+  act: str = 'gelu'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    probe = self.param('probe', logical_param(nn.initializers.xavier_uniform(), (None, None, 'embed')),
+                       (1, 1, width))
+    probe = jnp.broadcast_to(probe, (x.shape[0], 1, width)).astype(x.dtype)
+    q = nn.DenseGeneral((self.heads, width // self.heads), dtype=self.dtype, name='query',
+                        kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
+                        bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))(probe)
+    kv = lambda n: nn.DenseGeneral((self.heads, width // self.heads), dtype=self.dtype, name=n,
+                                   kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
+                                   bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))(x)
+    y = attention(q, kv('key'), kv('value'))
+    y = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
+                        kernel_init=logical_param(nn.initializers.xavier_uniform(), ('heads', 'kv', 'embed')),
+                        bias_init=logical_param(nn.initializers.zeros, ('embed',)))(y)
+    y = y + MLP(int(width * self.mlp_ratio), self.act, self.dtype, name='mlp')(
+        layer_norm('ln', dtype=self.dtype)(y))
+    return y[:, 0]
+
+
+class VisionTransformer(nn.Module):
+  width: int
+  layers: int
+  heads: int
+  patch_size: int
+  image_size: int
+  output_dim: int
+  mlp_ratio: float = 4.0
+  act: str = 'gelu'
+  pool: str = 'cls'  # 'cls' (CLIP), 'map' (attention pool), 'gap' (mean of tokens)
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None):
+    """images: [B, H, W, 3] normalised; keep_indices: [B, K] patch indices to keep.
+
+    Returns (pooled projected embedding [B, output_dim], tokens [B, T, width]).
+    """
+    x = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
+                padding='VALID', use_bias=False, dtype=self.dtype, name='patch_embed',
+                kernel_init=logical_param(nn.initializers.lecun_normal(), (None, None, None, 'embed')))(
+                    images.astype(self.dtype))
+    b, h, w, c = x.shape
+    x = x.reshape(b, h * w, c)
+    num_pos = h * w + (self.pool == 'cls')
+    pos = self.param('pos_embed', logical_param(nn.initializers.normal(self.width ** -0.5), (None, 'embed')),
+                     (num_pos, self.width)).astype(self.dtype)
+    if self.pool == 'cls':
+      x = x + pos[1:]
+    else:
+      x = x + pos
+    if keep_indices is not None:
+      x = jnp.take_along_axis(x, keep_indices[..., None], axis=1)
+    if self.pool == 'cls':
+      cls = self.param('cls_token', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed',)),
+                       (self.width,)).astype(self.dtype)
+      cls = jnp.broadcast_to(cls + pos[0], (b, 1, self.width))
+      x = jnp.concatenate([cls, x], axis=1)
+    x = layer_norm('ln_pre', dtype=self.dtype)(x)
+    x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
+                    name='transformer')(x)
+    if self.pool == 'cls':
+      pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0])
+    elif self.pool == 'gap':
+      pooled = layer_norm('ln_post', dtype=self.dtype)(x.mean(axis=1))
+    elif self.pool == 'map':
+      pooled = MAPHead(self.heads, self.mlp_ratio, self.act, self.dtype, name='map_head')(
+          layer_norm('ln_post', dtype=self.dtype)(x))
+    else:
+      raise ValueError(f'Unknown vision pool {self.pool!r}; use cls, map or gap.')
+    proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),
+                      (self.width, self.output_dim))
+    return pooled @ proj.astype(self.dtype), x

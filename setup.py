@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='clipjax',
+    version='0.1.0',
+    description='JAX/Flax training stack for contrastive language-image pretraining.',
+    packages=find_packages(include=['clipjax', 'clipjax.*']),
+    package_data={'clipjax': ['**/*.md', '**/*.json', '**/*.txt']},
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.7,<0.11',
+        'flax>=0.11,<0.13',
+        'optax>=0.2.5,<0.3',
+        'orbax-checkpoint>=0.11,<0.13',
+        'grain>=0.2.12,<0.3',
+        'tensorflow-datasets>=4.9.8,<5',
+        'transformers>=4.50,<6',
+        'tokenizers>=0.21,<0.24',
+        'ml_collections>=1.0,<2',
+        'safetensors>=0.5,<1',
+        'numpy>=1.26,<3',
+        'Pillow>=10,<13',
+        'tqdm>=4.66,<5',
+        'tensorboardX>=2.6,<3',
+        'matplotlib>=3.8,<4',
+        'scikit-learn>=1.4,<2',
+    ],
+    extras_require={
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4', 'nbclient>=0.10,<1',
+                 'nbformat>=5.10,<6', 'ipykernel>=6.29,<8'],
+        'torch': ['torch>=2.4,<2.15'],
+    },
+)
