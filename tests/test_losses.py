@@ -1,0 +1,188 @@
+"""Losses against float64 numpy (values and analytic gradients) and under a simulated mesh."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipjax import losses
+
+IMPLS = ('xla', 'chunked', 'pallas')
+
+
+def _lse(x, axis):
+  m = x.max(axis=axis, keepdims=True)
+  return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _softmax(x, axis):
+  return np.exp(x - _lse(x, axis)[(slice(None), None) if axis == 1 else (None, slice(None))])
+
+
+def np_clip(x, y, s):
+  """Loss and (dx, dy, ds) of symmetric InfoNCE in float64."""
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  sim = x @ y.T
+  logits = s * sim
+  n = len(x)
+  diag = np.diag(logits)
+  loss = 0.5 * ((_lse(logits, 1) - diag).mean() + (_lse(logits, 0) - diag).mean())
+  g = 0.5 / n * (_softmax(logits, 1) + _softmax(logits, 0) - 2 * np.eye(n))
+  return loss, (s * g @ y, s * g.T @ x, np.sum(g * sim))
+
+
+def np_siglip(x, y, s, b):
+  """Loss and (dx, dy, ds, db) of the sigmoid loss in float64."""
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  sim = x @ y.T
+  logits = s * sim + b
+  n = len(x)
+  z = 2 * np.eye(n) - 1
+  loss = np.logaddexp(0, -z * logits).sum() / n
+  g = -z * np.exp(-np.logaddexp(0, z * logits)) / n
+  return loss, (s * g @ y, s * g.T @ x, np.sum(g * sim), np.sum(g))
+
+
+def np_affinity(xs, ys, xt, yt, ss, st):
+  """Loss and student (dxs, dys, dss) of the affinity-mimicking loss in float64."""
+  xs, ys, xt, yt = (a.astype(np.float64) for a in (xs, ys, xt, yt))
+  sim = xs @ ys.T
+  a, t = ss * sim, st * (xt @ yt.T)
+  n = len(xs)
+  pr, pc = _softmax(t, 1), _softmax(t, 0)
+  qr, qc = _softmax(a, 1), _softmax(a, 0)
+  log_qr, log_qc = a - _lse(a, 1)[:, None], a - _lse(a, 0)[None, :]
+  loss = 0.5 * (-(pr * log_qr).sum(1).mean() - (pc * log_qc).sum(0).mean())
+  g = 0.5 / n * (qr - pr + qc - pc)
+  return loss, (ss * g @ ys, ss * g.T @ xs, np.sum(g * sim))
+
+
+def embeddings(seed, n, d, norm=1.0, dtype=np.float32, correlated=True):
+  """Unit-norm (times `norm`) image/text embeddings whose diagonal pairs are similar."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d))
+  y = (x + rng.normal(size=(n, d))) if correlated else rng.normal(size=(n, d))
+  unit = lambda a: norm * a / np.linalg.norm(a, axis=1, keepdims=True)
+  return unit(x).astype(dtype), unit(y).astype(dtype)
+
+
+def assert_tree_close(got, want, rtol, atol):
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=rtol, atol=atol)
+
+
+# (scale, embedding norm): default CLIP scale, tiny and maximal temperatures, and
+# logits of +-1e4 whose naive exp overflows float32 (and float64).
+TEMPERATURES = [(1 / 0.07, 1.0), (1e-3, 1.0), (100.0, 1.0), (100.0, 10.0)]
+
+
+def _tol(scale, norm):
+  """float32 rounding of logits of size scale*norm^2 bounds the achievable accuracy."""
+  mag = max(1.0, scale * norm ** 2)
+  return dict(rtol=2e-5 * mag, atol=2e-5 * mag)
+
+
+@pytest.mark.parametrize('scale,norm', TEMPERATURES)
+def test_clip_loss_matches_numpy(scale, norm):
+  x, y = embeddings(0, 13, 8, norm)
+  want, want_grads = np_clip(x, y, scale)
+  loss, grads = jax.value_and_grad(losses.clip_loss, argnums=(0, 1, 2))(
+      jnp.asarray(x), jnp.asarray(y), jnp.float32(scale))
+  assert np.isfinite(float(loss))
+  np.testing.assert_allclose(float(loss), want, **_tol(scale, norm))
+  assert_tree_close(grads, want_grads, **_tol(scale, norm))
+
+
+@pytest.mark.parametrize('scale,norm', TEMPERATURES)
+def test_siglip_loss_matches_numpy(scale, norm):
+  x, y = embeddings(1, 11, 8, norm)
+  bias = -10.0
+  want, want_grads = np_siglip(x, y, scale, bias)
+  loss, grads = jax.value_and_grad(losses.siglip_loss, argnums=(0, 1, 2, 3))(
+      jnp.asarray(x), jnp.asarray(y), jnp.float32(scale), jnp.float32(bias))
+  np.testing.assert_allclose(float(loss), want, **_tol(scale, norm))
+  assert_tree_close(grads, want_grads, **_tol(scale, norm))
+
+
+@pytest.mark.parametrize('scale,norm', TEMPERATURES)
+def test_affinity_loss_matches_numpy(scale, norm):
+  xs, ys = embeddings(2, 12, 8, norm)
+  xt, yt = embeddings(3, 12, 16, norm)
+  want, want_grads = np_affinity(xs, ys, xt, yt, scale, 50.0)
+  fn = lambda *a: losses.affinity_mimicking_loss(*a)
+  loss, grads = jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4, 5))(
+      *map(jnp.asarray, (xs, ys, xt, yt)), jnp.float32(scale), jnp.float32(50.0))
+  tol = _tol(max(scale, 50.0), norm)
+  np.testing.assert_allclose(float(loss), want, **tol)
+  assert_tree_close(grads[:2] + grads[4:5], want_grads, **tol)
+  for g in grads[2:4] + grads[5:]:  # the teacher is a constant target
+    assert not np.any(np.asarray(g))
+
+
+def test_affinity_equals_kl_plus_teacher_entropy():
+  """The soft CE is KL(teacher||student) plus the teacher's entropy (why TinyCLIP optimises it)."""
+  xs, ys = embeddings(4, 9, 8)
+  xt, yt = embeddings(5, 9, 8)
+  ce = float(losses.affinity_mimicking_loss(xs, ys, xt, yt, 10.0, 10.0))
+  same = float(losses.affinity_mimicking_loss(xt, yt, xt, yt, 10.0, 10.0))
+  t = 10.0 * xt.astype(np.float64) @ yt.T
+  entropy = 0.5 * (-(_softmax(t, 1) * np.log(_softmax(t, 1))).sum(1).mean()
+                   - (_softmax(t, 0) * np.log(_softmax(t, 0))).sum(0).mean())
+  np.testing.assert_allclose(same, entropy, rtol=1e-5)
+  assert ce > same
+
+
+MESH_SCRIPT = textwrap.dedent('''
+  import json, sys
+  import jax, jax.numpy as jnp, numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from clipjax import losses
+  assert jax.device_count() == 8
+  impls = json.loads(sys.argv[1])
+  rng = np.random.default_rng(0)
+  n, d = 48, 16
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  xs, ys, xt, yt = (jnp.asarray(unit(rng.normal(size=(n, d))), jnp.float32) for _ in range(4))
+  cases = {
+    'clip': (lambda a, b, c, e, impl: losses.clip_loss(a, b, 14.3, implementation=impl)),
+    'siglip': (lambda a, b, c, e, impl: losses.siglip_loss(a, b, 10.0, -10.0, implementation=impl)),
+    'affinity': (lambda a, b, c, e, impl: losses.affinity_mimicking_loss(
+        a, b, c, e, 14.3, 50.0, implementation=impl)),
+  }
+  out = {}
+  for shape in ({'data': 8}, {'data': 2, 'fsdp': 4}, {'data': 2, 'fsdp': 2, 'tensor': 2}):
+    mesh = jax.make_mesh(tuple(shape.values()), tuple(shape.keys()))
+    batch = NamedSharding(mesh, P(('data', 'fsdp') if 'fsdp' in shape else 'data'))
+    args = [jax.device_put(a, batch) for a in (xs, ys, xt, yt)]
+    for name, fn in cases.items():
+      want = jax.value_and_grad(fn, argnums=(0, 1))(xs, ys, xt, yt, 'xla')
+      for impl in impls:
+        with jax.set_mesh(mesh):
+          got = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)), static_argnums=4)(*args, impl)
+        err = max(float(jnp.max(jnp.abs(g - w))) for g, w in
+                  zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+        out[f'{shape} {name} {impl}'] = err
+  print(json.dumps(out))
+''')
+
+
+def run_on_8_devices(impls):
+  """Runs MESH_SCRIPT with 8 simulated CPU devices; returns {case: max abs error}."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  import json
+  proc = subprocess.run([sys.executable, '-c', MESH_SCRIPT, json.dumps(impls)],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_reference_equals_single_device():
+  errors = run_on_8_devices(['xla'])
+  assert len(errors) == 9
+  for case, err in errors.items():
+    assert err < 1e-5, (case, err)
