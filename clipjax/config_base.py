@@ -1,0 +1,31 @@
+"""Defaults every config starts from, so each file only says what it changes."""
+from ml_collections import ConfigDict
+
+from clipjax.sharding import DEFAULT_RULES
+
+
+def base_config() -> ConfigDict:
+  c = ConfigDict()
+  c.mode = 'train'
+  c.method = 'clip'
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 256
+  c.grad_accum_steps = 1
+  c.log_every = 50
+  c.eval_every = 1000
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.loss_implementation = 'auto'
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+  c.tokenizer = ConfigDict(dict(path='', vocab_size=4096, train_captions=5000))
+  c.optim = ConfigDict(dict(lr=5e-4, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.98,
+                            eps=1e-6, weight_decay=0.2, grad_clip=1.0, frozen='', no_decay=''))
+  c.evals = ConfigDict()
+  return c
+
+
+def synthetic_data(train_num_samples: int) -> ConfigDict:
+  return ConfigDict(dict(format='synthetic', train='', train_num_samples=train_num_samples,
+                         num_workers=0, augment=dict(scale=(0.9, 1.0))))

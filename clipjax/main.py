@@ -1,0 +1,38 @@
+"""`python -m clipjax.main --config configs/NAME.py[:arg] --workdir DIR [--config.key=value ...]`.
+
+`--config.mode=train` (default) trains or resumes; `--config.mode=eval` evaluates the latest
+checkpoint in the workdir and writes `eval.json`.
+"""
+import logging
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
+  logging.getLogger('clipjax').setLevel(logging.INFO)
+  from clipjax.train import distributed, loop
+  distributed.initialize()
+  config = _CONFIG.value
+  trainer = loop.Trainer(config, _WORKDIR.value)
+  if config.mode == 'train':
+    results = trainer.train()
+  elif config.mode == 'eval':
+    results = trainer.evaluate_checkpoint()
+  else:
+    raise app.UsageError(f'config.mode must be "train" or "eval", got {config.mode!r}')
+  if jax.process_index() == 0:
+    logging.getLogger('clipjax').info('Final: %s', ', '.join(f'{k}={v:.4g}' for k, v in sorted(results.items())))
+
+
+if __name__ == '__main__':
+  app.run(main)

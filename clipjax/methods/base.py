@@ -1,0 +1,66 @@
+"""The small interface every method implements; the train step only ever calls these.
+
+A method owns its model and its equations. State it carries besides trainable params
+(EMA copies, frozen teachers, prototypes, masks) lives in `aux`, which gets no optimizer
+state and no gradient. Contrastive methods split their loss into `embed` (per-example,
+expensive) and `loss_from_embeddings` (over the whole global batch), which lets gradient
+accumulation keep the full batch of negatives (GradCache, as open_clip's `--accum-freq`).
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipjax import models
+
+
+class Method:
+  """Base: a two-tower image-text model trained on `{'image', 'text'}` batches."""
+
+  batch_keys = ('image', 'text')
+  init_logit_scale = 1 / 0.07
+  init_logit_bias = None
+
+  def __init__(self, config):
+    self.config = config
+    m = config.model
+    self.model = models.build_clip(
+        m.name, dtype=jnp.dtype(m.get('dtype', 'float32')),
+        init_logit_scale=self.init_logit_scale, init_logit_bias=self.init_logit_bias,
+        **{k: v for k, v in m.items() if k not in ('name', 'dtype')})
+
+  def example_batch(self, batch_size: int = 1) -> dict:
+    """Zero arrays with the shapes of one batch, for shape inference at init."""
+    v, t = self.model.vision, self.model.text
+    return {'image': np.zeros((batch_size, v['image_size'], v['image_size'], 3), np.float32),
+            'text': np.zeros((batch_size, t['context_length']), np.int32)}
+
+  def init_variables(self, rng) -> dict:
+    """Boxed (logically partitioned) variables; the train state unboxes them."""
+    batch = self.example_batch()
+    return self.model.init(rng, batch['image'], batch['text'])
+
+  def init_aux(self, params, rng) -> Any:
+    del params, rng
+    return {}
+
+  def embed(self, params, batch, rng) -> dict:
+    del rng
+    return self.model.apply({'params': params}, batch['image'], batch['text'])
+
+  def loss_from_embeddings(self, params, emb, batch) -> tuple:
+    raise NotImplementedError
+
+  def loss(self, params, aux, batch, rng) -> tuple:
+    del aux
+    return self.loss_from_embeddings(params, self.embed(params, batch, rng), batch)
+
+  def after_step(self, state):
+    """Inside jit, after the optimizer update (A-CLIP's EMA goes here)."""
+    return state
+
+  def scale_and_bias(self, params) -> dict:
+    return self.model.apply({'params': params}, method=lambda m: dict(
+        logit_scale=m.logit_scale(),
+        **({'logit_bias': m.logit_bias} if m.init_logit_bias is not None else {})))

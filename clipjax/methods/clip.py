@@ -1,0 +1,21 @@
+"""CLIP (Radford et al. 2021): symmetric InfoNCE over the global batch."""
+from clipjax import losses
+from clipjax.methods.base import Method
+
+
+class CLIP(Method):
+
+  def loss_from_embeddings(self, params, emb, batch):
+    del batch
+    scale = self.scale_and_bias(params)['logit_scale']
+    loss = losses.clip_loss(emb['image_emb'], emb['text_emb'], scale,
+                            **losses_kwargs(self.config))
+    return loss, {'logit_scale': scale}
+
+
+def losses_kwargs(config) -> dict:
+  impl = config.get('loss_implementation')
+  return {'implementation': impl} if impl else {}
+
+
+METHOD = CLIP

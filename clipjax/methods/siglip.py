@@ -1,0 +1,22 @@
+"""SigLIP (Zhai et al. 2023): pairwise sigmoid loss with a learnable bias.
+
+Initialisation from the paper: t' = log 10 (scale 10), b = -10.
+"""
+from clipjax import losses
+from clipjax.methods.base import Method
+from clipjax.methods.clip import losses_kwargs
+
+
+class SigLIP(Method):
+  init_logit_scale = 10.0
+  init_logit_bias = -10.0
+
+  def loss_from_embeddings(self, params, emb, batch):
+    del batch
+    sb = self.scale_and_bias(params)
+    loss = losses.siglip_loss(emb['image_emb'], emb['text_emb'], sb['logit_scale'],
+                              sb['logit_bias'], **losses_kwargs(self.config))
+    return loss, {'logit_scale': sb['logit_scale'], 'logit_bias': sb['logit_bias']}
+
+
+METHOD = SigLIP

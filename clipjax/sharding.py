@@ -1,0 +1,75 @@
+"""Device mesh, logical-axis rules and global batches: the one place sharding is decided.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`); config rules map
+them to the mesh axes `data`, `fsdp`, `tensor` (MaxText style). The batch is split over
+`data` x `fsdp`.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+# Default logical -> mesh rules. FSDP shards the model width; tensor parallelism shards
+# MLP hidden units, attention heads and the vocabulary.
+DEFAULT_RULES = (
+    ('batch', BATCH_AXES),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('vocab', 'tensor'),
+    ('kv', None),
+)
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple:
+  """Resolves one -1 entry to 'the rest of the devices' and checks the product."""
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'At most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}')
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f'mesh: {num_devices} devices not divisible by fixed axes product {known}')
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(f'mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs '
+                     f'{int(np.prod(sizes))} devices, have {num_devices}')
+  return tuple(sizes)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """Auto-sharded (GSPMD) mesh; `jax.make_mesh` orders devices to follow the interconnect."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(data, fsdp, tensor, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def rules_from_config(rules) -> tuple:
+  """Config rules arrive as lists (ml_collections); flax wants tuples of (name, axes)."""
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def logical_to_sharding(logical_tree, mesh: Mesh, rules: Sequence) -> object:
+  """Boxed (nn.Partitioned) abstract variables -> tree of NamedSharding."""
+  specs = nn.get_partition_spec(logical_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Each process's numpy rows -> one global jax.Array per key, split over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}

@@ -1,0 +1,191 @@
+"""The training loop: build, restore, step, log, evaluate, checkpoint. Method-agnostic."""
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from clipjax import sharding
+from clipjax.data import pipeline
+from clipjax.data.tokenizer import Tokenizer
+from clipjax.methods import get_method
+from clipjax.train.checkpoint import Checkpointer, abstract_like
+from clipjax.train.metrics import MetricWriter
+from clipjax.train.optimizer import make_optimizer
+from clipjax.train.state import TrainState
+from clipjax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def load_tokenizer(config, workdir: Path, source) -> Tokenizer:
+  """A configured tokenizer.json, else a BPE trained on training captions, kept in the workdir."""
+  saved = workdir / 'tokenizer.json'
+  if config.tokenizer.get('path'):
+    return Tokenizer.load(config.tokenizer.path)
+  if saved.exists():
+    return Tokenizer.load(saved)
+  n = min(len(source), config.tokenizer.get('train_captions', 5000))
+  tok = Tokenizer.train([source[i]['caption'] for i in range(n)], config.tokenizer.vocab_size)
+  if jax.process_index() == 0:
+    tok.save(saved)
+  return tok
+
+
+def resolve_config(config, tokenizer: Tokenizer) -> ml_collections.ConfigDict:
+  """Copy of the config with the model's vocabulary taken from the tokenizer."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.vocab_size = tokenizer.vocab_size
+  config.model.eot_token_id = tokenizer.eot_id
+  return config
+
+
+class Trainer:
+  """Everything a run needs, built once; `train()` and `evaluate()` drive it."""
+
+  def __init__(self, config, workdir):
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.mesh = sharding.make_mesh(**config.mesh)
+    self.source = pipeline.make_source(config.data)
+    self.tokenizer = load_tokenizer(config, self.workdir, self.source)
+    self.config = config = resolve_config(config, self.tokenizer)
+    self.method = get_method(config.method)(config)
+    self.model = self.method.model
+
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, aux_rng, state_rng = jax.random.split(rng, 3)
+    boxed = jax.eval_shape(self.method.init_variables, init_rng)['params']
+    param_sharding = sharding.logical_to_sharding(boxed, self.mesh, config.sharding_rules)
+    abstract_params = nn.unbox(boxed)
+    self.tx, self.lr_schedule = make_optimizer(config.optim, abstract_params, config.total_steps)
+
+    def init_state(rng_init, rng_aux, rng_state):
+      params = nn.unbox(self.method.init_variables(rng_init)['params'])
+      return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                        opt_state=self.tx.init(params),
+                        aux=self.method.init_aux(params, rng_aux), rng=rng_state)
+
+    abstract = jax.eval_shape(init_state, init_rng, aux_rng, state_rng)
+    repl = sharding.replicated(self.mesh)
+    opt_sharding = optax.tree_map_params(
+        self.tx, lambda _, s: s, abstract.opt_state, param_sharding,
+        transform_non_params=lambda _: repl)
+    self.state_sharding = TrainState(
+        step=repl, params=param_sharding, opt_state=opt_sharding,
+        aux=jax.tree_util.tree_map(lambda _: repl, abstract.aux), rng=repl)
+    self.abstract_state = abstract_like(abstract, self.state_sharding)
+    self._init_state = jax.jit(init_state, out_shardings=self.state_sharding)
+    self._init_rngs = (init_rng, aux_rng, state_rng)
+    self.train_step = jax.jit(
+        make_train_step(self.method, self.tx, self.lr_schedule, config.get('grad_accum_steps', 1)),
+        in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh)),
+        out_shardings=(self.state_sharding, repl), donate_argnums=0)
+    self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
+
+  def initial_state(self):
+    return self._init_state(*self._init_rngs)
+
+  def make_loader(self):
+    c = self.config
+    return pipeline.make_train_loader(
+        self.source, tokenizer=self.tokenizer, context_length=c.model.context_length,
+        image_size=c.model.image_size, global_batch_size=c.batch_size, seed=c.seed,
+        augment=c.data.get('augment'), process_index=jax.process_index(),
+        process_count=jax.process_count(), worker_count=c.data.num_workers)
+
+  def restore_or_init(self, loader):
+    step = self.checkpointer.latest_step()
+    if step is None:
+      return self.initial_state()
+    log.info('Resuming from %s step %d', self.checkpointer.manager.directory, step)
+    state, data_state = self.checkpointer.restore(self.abstract_state, step)
+    loader.set_state(data_state)
+    return state
+
+  def save(self, state, loader, loss) -> None:
+    step = int(jax.device_get(state.step))
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f'Non-finite loss {loss} at step {step}; not checkpointing. Last good checkpoint: '
+          f'step {self.checkpointer.latest_step()} in {self.workdir / "checkpoints"}')
+    self.checkpointer.save(step, state, loader.get_state())
+
+  def evaluate(self, state) -> dict:
+    """Runs the configured evaluators on `state.params`; returns flat `name/metric` values."""
+    if not self.config.get('evals'):
+      return {}
+    from clipjax import evaluate
+    encoder = evaluate.Encoder(self.model, state.params, self.tokenizer,
+                               context_length=self.config.model.context_length,
+                               image_size=self.config.model.image_size)
+    evaluators = evaluate.build_evaluators(self.config.evals)
+    return evaluate.run_evaluators(evaluators, encoder)
+
+  def train(self) -> dict:
+    c = self.config
+    writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+    if jax.process_index() == 0:
+      (self.workdir / 'config.json').write_text(c.to_json_best_effort(indent=2))
+    loader = self.make_loader()
+    state = self.restore_or_init(loader)
+    start = int(jax.device_get(state.step))
+    writer.truncate_after(start)
+    preempted = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+    it = iter(loader)
+    last, evals = {}, {}
+    progress = writer.progress(start, c.total_steps)
+    t0, n0 = time.perf_counter(), start
+    try:
+      for step in range(start + 1, c.total_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = sharding.global_batch(next(it), self.mesh)
+          state, metrics = self.train_step(state, batch)
+        final = step == c.total_steps
+        if step % c.log_every == 0 or final or preempted:
+          last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          dt = time.perf_counter() - t0
+          last['examples_per_sec'] = (step - n0) * c.batch_size / dt
+          last.update(loader.metrics())
+          t0, n0 = time.perf_counter(), step
+          writer.write(step, last)
+          progress.update(step, last)
+          if not math.isfinite(last['loss']):
+            raise NonFiniteLossError(
+                f'Non-finite loss {last["loss"]} at step {step} (config.optim.lr={c.optim.lr}); '
+                f'last good checkpoint: step {self.checkpointer.latest_step()} in '
+                f'{self.workdir / "checkpoints"}')
+        if c.eval_every and (step % c.eval_every == 0 or final):
+          evals = self.evaluate(state)
+          writer.write_eval(step, evals)
+          t0 = time.perf_counter()
+        if step % c.checkpoint_every == 0 or final or preempted:
+          self.save(state, loader, last.get('loss', float(jax.device_get(metrics['loss']))))
+        if preempted:
+          log.warning('SIGTERM: checkpoint saved at step %d, exiting.', step)
+          break
+    finally:
+      self.checkpointer.wait()
+      signal.signal(signal.SIGTERM, previous)
+      progress.close()
+      writer.close()
+    self.state = state
+    return {**last, **evals}
+
+
+def train(config, workdir) -> dict:
+  """Python API for notebooks: trains (or resumes) and returns the last metrics and evals."""
+  return Trainer(config, workdir).train()

@@ -1,0 +1,67 @@
+"""Where numbers go: metrics.jsonl, eval.json, TensorBoard and the progress bar (process 0 only)."""
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+class MetricWriter:
+
+  def __init__(self, workdir, enabled: bool = True):
+    self.workdir = Path(workdir)
+    self.enabled = enabled
+    self.metrics_path = self.workdir / 'metrics.jsonl'
+    self.history_path = self.workdir / 'eval_history.jsonl'
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(self.workdir / 'tensorboard'))
+
+  def truncate_after(self, step: int) -> None:
+    """On resume, drop lines a killed run logged after its last checkpoint."""
+    if not self.enabled:
+      return
+    for path in (self.metrics_path, self.history_path):
+      if path.exists():
+        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)['step'] <= step]
+        path.write_text(''.join(l + '\n' for l in lines))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    with self.metrics_path.open('a') as f:
+      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    for k, v in metrics.items():
+      self._tb.add_scalar(f'train/{k}', v, step)
+
+  def write_eval(self, step: int, results: dict) -> None:
+    if not self.enabled or not results:
+      return
+    (self.workdir / 'eval.json').write_text(json.dumps({'step': step, **results}, indent=2))
+    with self.history_path.open('a') as f:
+      f.write(json.dumps({'step': step, **results}) + '\n')
+    for k, v in results.items():
+      self._tb.add_scalar(f'eval/{k}', v, step)
+
+  def progress(self, start: int, total: int) -> 'Progress':
+    return Progress(start, total, self.enabled)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """tqdm bar showing step, loss, examples/s and ETA."""
+
+  def __init__(self, start, total, enabled):
+    self.bar = tqdm(total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True)
+    self.step = start
+
+  def update(self, step: int, metrics: dict) -> None:
+    self.bar.update(step - self.step)
+    self.step = step
+    self.bar.set_postfix(loss=f'{metrics["loss"]:.4f}', ex_s=f'{metrics["examples_per_sec"]:.0f}')
+
+  def close(self) -> None:
+    self.bar.close()

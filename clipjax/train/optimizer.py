@@ -1,0 +1,57 @@
+"""Optimizer from parameter-name rules (big_vision style): frozen, decay and lr multipliers.
+
+Names are '/'-joined parameter paths, e.g. `visual/transformer/block_0/attn/query/kernel`.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# open_clip's rule: no weight decay on anything with fewer than two dimensions
+# (biases, norm scales, temperature, bias, class token).
+def _default_decay(name, leaf):
+  del name
+  return leaf.ndim >= 2
+
+
+def param_names(params) -> object:
+  """Tree of '/'-joined path strings with the structure of `params`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path), params)
+
+
+def schedule(cfg, total_steps: int):
+  """Linear warm-up to `lr`, then cosine decay to `lr * end_lr_factor` at `total_steps`."""
+  warmup = int(cfg.warmup_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.get('end_lr_factor', 0.0))
+
+
+def make_optimizer(cfg, params, total_steps: int):
+  """AdamW with global-norm clipping; `cfg.frozen` (regex) parameters get no update and no state.
+
+  Returns (optax transformation, learning-rate schedule).
+  """
+  lr = schedule(cfg, total_steps)
+  names = param_names(params)
+  frozen = re.compile(cfg.frozen) if cfg.get('frozen') else None
+  no_decay = re.compile(cfg.no_decay) if cfg.get('no_decay') else None
+
+  def decays(name, leaf):
+    if no_decay is not None and no_decay.fullmatch(name):
+      return False
+    return _default_decay(name, leaf)
+
+  decay_mask = jax.tree_util.tree_map(decays, names, params)
+  adamw = optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip) if cfg.get('grad_clip') else optax.identity(),
+      optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                  mask=decay_mask))
+  if frozen is None:
+    return adamw, lr
+  labels = jax.tree_util.tree_map(lambda n: 'frozen' if frozen.fullmatch(n) else 'train', names)
+  if not any(l == 'train' for l in jax.tree_util.tree_leaves(labels)):
+    raise ValueError(f'optim.frozen={cfg.frozen!r} freezes every parameter')
+  return optax.multi_transform({'train': adamw, 'frozen': optax.set_to_zero()}, labels), lr
