@@ -155,7 +155,8 @@ MESH_SCRIPT = textwrap.dedent('''
   }
   out = {}
   for shape in ({'data': 8}, {'data': 2, 'fsdp': 4}, {'data': 2, 'fsdp': 2, 'tensor': 2}):
-    mesh = jax.make_mesh(tuple(shape.values()), tuple(shape.keys()))
+    mesh = jax.make_mesh(tuple(shape.values()), tuple(shape.keys()),
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
     batch = NamedSharding(mesh, P(('data', 'fsdp') if 'fsdp' in shape else 'data'))
     args = [jax.device_put(a, batch) for a in (xs, ys, xt, yt)]
     for name, fn in cases.items():
