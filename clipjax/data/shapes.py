@@ -1,0 +1,234 @@
+"""Synthetic captioned shapes: a tiny image-text dataset for tests and the quickstart.
+
+Every sample is a pure function of (seed, split, index), so the source is random
+access and any position in an epoch can be regenerated exactly (resume, workers).
+
+Scenes hold one to three objects, each a (shape, colour, size, position). The
+'heldout' split only uses the (shape, colour) pairs in `HELDOUT_COMBOS`, which the
+'train' split never draws: zero-shot accuracy on it measures composition of
+attributes seen separately in training, not memorised pairs.
+"""
+import dataclasses
+
+import numpy as np
+
+SHAPES = ('circle', 'square', 'triangle', 'diamond', 'cross', 'ring')
+COLOURS = {  # No name starts with a vowel, so "a {}" reads right for every class.
+    'red': (220, 40, 40),
+    'green': (40, 190, 60),
+    'blue': (50, 80, 235),
+    'yellow': (240, 220, 40),
+    'purple': (150, 50, 200),
+    'pink': (255, 140, 190),
+    'cyan': (40, 210, 220),
+    'white': (245, 245, 245),
+}
+COLOUR_NAMES = tuple(COLOURS)
+SIZES = ('small', 'large')
+POSITIONS = ('left', 'right', 'top', 'bottom', 'centre')
+# Object centres as fractions of the image side (x, y).
+_CENTRES = {'left': (0.24, 0.5), 'right': (0.76, 0.5), 'top': (0.5, 0.24),
+            'bottom': (0.5, 0.76), 'centre': (0.5, 0.5)}
+_RADII = {'small': 0.13, 'large': 0.21}  # fractions of the image side
+_POSITION_PHRASES = {
+    'left': ('on the left', 'at the left', 'on the left side'),
+    'right': ('on the right', 'at the right', 'on the right side'),
+    'top': ('at the top', 'near the top', 'in the upper part'),
+    'bottom': ('at the bottom', 'near the bottom', 'in the lower part'),
+    'centre': ('in the centre', 'in the middle', 'in the center'),
+}
+# Shape s is never shown in colours 2s and 2s+1 (mod 8) during training: 12 of the
+# 48 pairs. Every shape and every colour still occurs in training with others.
+HELDOUT_COMBOS = frozenset(
+    (SHAPES[s], COLOUR_NAMES[(2 * s + k) % len(COLOUR_NAMES)])
+    for s in range(len(SHAPES)) for k in range(2))
+TRAIN_COMBOS = frozenset(
+    (s, c) for s in SHAPES for c in COLOUR_NAMES) - HELDOUT_COMBOS
+_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2}
+_NUMBER_WORDS = {2: 'two', 3: 'three'}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeObject:
+  shape: str
+  colour: str
+  size: str
+  position: str
+
+
+@dataclasses.dataclass
+class ZeroShotTask:
+  """Images with integer labels into `classnames`; prompts are `templates` filled in."""
+  classnames: list
+  templates: list
+  images: np.ndarray  # uint8 [N, H, W, 3]
+  labels: np.ndarray  # int64 [N]
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed), _SPLIT_IDS[split], int(index)])
+
+
+def sample_scene(rng: np.random.Generator, combos, num_objects=None) -> list:
+  """1-3 objects at distinct positions, each (shape, colour) drawn from `combos`."""
+  combos = sorted(combos)
+  if num_objects is None:
+    num_objects = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
+  positions = rng.permutation(len(POSITIONS))[:num_objects]
+  objects = []
+  for p in positions:
+    shape, colour = combos[rng.integers(len(combos))]
+    size = SIZES[rng.integers(len(SIZES))] if num_objects == 1 else 'small'
+    objects.append(ShapeObject(shape, colour, size, POSITIONS[p]))
+  return objects
+
+
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+  """Boolean mask of `shape` with radius `r` given pixel offsets from its centre."""
+  ax, ay = np.abs(dx), np.abs(dy)
+  if shape == 'circle':
+    return dx * dx + dy * dy <= r * r
+  if shape == 'square':
+    return np.maximum(ax, ay) <= 0.8 * r
+  if shape == 'diamond':
+    return ax + ay <= 1.05 * r
+  if shape == 'triangle':  # apex up, base at 0.75 r below the centre
+    return (dy <= 0.75 * r) & (ax <= (dy + r) * 0.6)
+  if shape == 'cross':
+    arm = 0.32 * r
+    return ((ax <= arm) & (ay <= r)) | ((ay <= arm) & (ax <= r))
+  if shape == 'ring':
+    d2 = dx * dx + dy * dy
+    return (d2 <= r * r) & (d2 >= (0.5 * r) ** 2)
+  raise ValueError(f'Unknown shape {shape!r}; known: {SHAPES}')
+
+
+def draw_scene(objects, image_size: int, rng: np.random.Generator) -> np.ndarray:
+  """uint8 [S, S, 3]: a dark, slightly noisy background with the objects painted in order."""
+  s = image_size
+  base = rng.integers(15, 60)
+  noise = rng.integers(-6, 7, size=(s, s, 1))
+  image = np.clip(base + noise, 0, 255).astype(np.int16).repeat(3, axis=-1)
+  grid = np.arange(s, dtype=np.float32) + 0.5
+  for obj in objects:
+    fx, fy = _CENTRES[obj.position]
+    jitter = rng.uniform(-0.04, 0.04, size=2) * s
+    cx, cy = fx * s + jitter[0], fy * s + jitter[1]
+    r = _RADII[obj.size] * s * rng.uniform(0.9, 1.1)
+    mask = shape_mask(obj.shape, grid[None, :] - cx, grid[:, None] - cy, r)
+    colour = np.asarray(COLOURS[obj.colour], np.int16) + rng.integers(-12, 13, size=3)
+    image[mask] = colour
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _object_phrase(obj: ShapeObject, rng, with_size: bool, with_position: bool) -> str:
+  words = ['a'] + ([obj.size] if with_size else []) + [obj.colour, obj.shape]
+  phrase = ' '.join(words)
+  if with_position:
+    options = _POSITION_PHRASES[obj.position]
+    phrase += ' ' + options[rng.integers(len(options))]
+  return phrase
+
+
+def caption_scene(objects, rng: np.random.Generator) -> str:
+  """A varied-wording caption that always names every object's colour and shape."""
+  if len(objects) == 1:
+    obj = objects[0]
+    style = rng.integers(8)
+    if style == 0:  # Colour-only and shape-only captions teach the zero-shot prompts.
+      return f'a {obj.colour} {("object", "shape", "thing")[rng.integers(3)]}'
+    if style == 1:
+      return f'a {obj.shape}'
+    phrase = _object_phrase(obj, rng, rng.random() < 0.6, rng.random() < 0.6)
+    prefix = ('', '', 'an image showing ', 'a picture of ', 'there is ',
+              'a photo of ')[rng.integers(6)]
+    return prefix + phrase
+  phrases = [_object_phrase(o, rng, False, rng.random() < 0.5) for o in objects]
+  listed = ', '.join(phrases[:-1]) + ' and ' + phrases[-1]
+  style = rng.integers(3)
+  if style == 0:
+    return f'{_NUMBER_WORDS[len(objects)]} objects: {listed}'
+  if style == 1:
+    return f'an image showing {listed}'
+  return listed
+
+
+class ShapesSource:
+  """grain RandomAccessDataSource of {'image', 'caption', 'index'} records."""
+
+  def __init__(self, split: str = 'train', num_samples: int = 10_000,
+               image_size: int = 32, seed: int = 0):
+    if split not in ('train', 'heldout'):
+      raise ValueError(f"ShapesSource split must be 'train' or 'heldout', got {split!r}")
+    if num_samples <= 0 or image_size < 8:
+      raise ValueError(f'ShapesSource needs num_samples > 0 and image_size >= 8, got '
+                       f'num_samples={num_samples}, image_size={image_size}')
+    self.split, self.num_samples = split, int(num_samples)
+    self.image_size, self.seed = int(image_size), int(seed)
+    self.combos = TRAIN_COMBOS if split == 'train' else HELDOUT_COMBOS
+
+  def __len__(self) -> int:
+    return self.num_samples
+
+  def _check(self, index: int) -> int:
+    index = int(index)
+    if not 0 <= index < self.num_samples:
+      raise IndexError(f'ShapesSource index {index} out of range [0, {self.num_samples})')
+    return index
+
+  def scene(self, index: int) -> list:
+    return sample_scene(_rng(self.seed, self.split, self._check(index)), self.combos)
+
+  def __getitem__(self, index: int) -> dict:
+    index = self._check(index)
+    rng = _rng(self.seed, self.split, index)
+    objects = sample_scene(rng, self.combos)
+    caption = caption_scene(objects, rng)
+    image = draw_scene(objects, self.image_size, rng)
+    return {'image': image, 'caption': caption, 'index': np.int64(index)}
+
+  def captions(self, num: int | None = None) -> list:
+    """Captions of the first `num` samples without drawing images (tokenizer training)."""
+    out = []
+    for index in range(min(num or self.num_samples, self.num_samples)):
+      rng = _rng(self.seed, self.split, index)
+      out.append(caption_scene(sample_scene(rng, self.combos), rng))
+    return out
+
+  def __repr__(self) -> str:
+    return (f'ShapesSource(split={self.split!r}, num_samples={self.num_samples}, '
+            f'image_size={self.image_size}, seed={self.seed})')
+
+
+SHAPE_TEMPLATES = ['a {}', 'an image showing a {}', 'a picture of a {}', 'there is a {}']
+COLOUR_TEMPLATES = ['a {} object', 'a {} shape', 'an image showing a {} thing',
+                    'a {} thing']
+POSITION_TEMPLATES = ['a shape {}', 'an object {}', 'an image showing a thing {}']
+
+
+def zeroshot_tasks(image_size: int = 32, num_samples: int = 500, seed: int = 0) -> dict:
+  """Zero-shot classification tasks over single-object held-out-combination images.
+
+  Tasks: 'shapes_heldout_shape' (6 classes), 'shapes_heldout_colour' (8 classes),
+  'shapes_heldout_position' (5 classes); chance is 1 / len(classnames).
+  """
+  images, objects = [], []
+  for index in range(num_samples):
+    rng = _rng(seed, 'zeroshot', index)
+    scene = sample_scene(rng, HELDOUT_COMBOS, num_objects=1)
+    images.append(draw_scene(scene, image_size, rng))
+    objects.append(scene[0])
+  images = np.stack(images)
+
+  def task(names, attr, templates):
+    labels = np.asarray([names.index(getattr(o, attr)) for o in objects], np.int64)
+    return ZeroShotTask(list(names), list(templates), images, labels)
+
+  position_names = tuple(_POSITION_PHRASES[p][0] for p in POSITIONS)
+  position_task = task(POSITIONS, 'position', POSITION_TEMPLATES)
+  position_task.classnames = list(position_names)
+  return {
+      'shapes_heldout_shape': task(SHAPES, 'shape', SHAPE_TEMPLATES),
+      'shapes_heldout_colour': task(COLOUR_NAMES, 'colour', COLOUR_TEMPLATES),
+      'shapes_heldout_position': position_task,
+  }

@@ -1,0 +1,108 @@
+"""Synthetic captioned shapes: determinism, held-out split, drawing, zero-shot tasks."""
+import time
+
+import numpy as np
+import pytest
+
+from clipjax.data import shapes
+
+
+def test_records_are_deterministic_random_access():
+  a = shapes.ShapesSource('train', 100, 32, seed=7)
+  b = shapes.ShapesSource('train', 100, 32, seed=7)
+  later_first = [b[i] for i in (50, 3, 99)]
+  for rec, i in zip(later_first, (50, 3, 99)):
+    ref = a[i]
+    np.testing.assert_array_equal(rec['image'], ref['image'])
+    assert rec['caption'] == ref['caption'] and rec['index'] == i
+  other = shapes.ShapesSource('train', 100, 32, seed=8)
+  assert any(not np.array_equal(a[i]['image'], other[i]['image']) for i in range(5))
+
+
+def test_record_types():
+  rec = shapes.ShapesSource('heldout', 10, 48)[3]
+  assert rec['image'].dtype == np.uint8 and rec['image'].shape == (48, 48, 3)
+  assert isinstance(rec['caption'], str) and rec['caption']
+  assert rec['index'].dtype == np.int64
+  with pytest.raises(IndexError, match='out of range'):
+    shapes.ShapesSource('train', 10)[10]
+  with pytest.raises(ValueError, match='split'):
+    shapes.ShapesSource('test', 10)
+
+
+def test_heldout_combos_disjoint_from_train():
+  assert not shapes.HELDOUT_COMBOS & shapes.TRAIN_COMBOS
+  assert len(shapes.HELDOUT_COMBOS) == 12
+  assert {s for s, _ in shapes.TRAIN_COMBOS} == set(shapes.SHAPES)
+  assert {c for _, c in shapes.TRAIN_COMBOS} == set(shapes.COLOUR_NAMES)
+  assert {s for s, _ in shapes.HELDOUT_COMBOS} == set(shapes.SHAPES)
+  assert {c for _, c in shapes.HELDOUT_COMBOS} == set(shapes.COLOUR_NAMES)
+  for split, combos in (('train', shapes.TRAIN_COMBOS), ('heldout', shapes.HELDOUT_COMBOS)):
+    src = shapes.ShapesSource(split, 2000)
+    seen = {(o.shape, o.colour) for i in range(len(src)) for o in src.scene(i)}
+    assert seen <= combos
+    assert len(seen) > 0.9 * len(combos)
+
+
+def test_captions_name_every_object():
+  src = shapes.ShapesSource('train', 500)
+  counts = []
+  for i in range(len(src)):
+    objects, caption = src.scene(i), src[i]['caption']
+    counts.append(len(objects))
+    for obj in objects:
+      # Single objects are sometimes captioned by colour only or shape only.
+      if len(objects) > 1:
+        assert f'{obj.colour} {obj.shape}' in caption, caption
+      else:
+        assert obj.colour in caption or obj.shape in caption, caption
+    assert len({o.position for o in objects}) == len(objects)
+  assert set(counts) == {1, 2, 3}
+  assert len(set(src.captions())) > 200  # varied wording, not one template
+
+
+def test_image_shows_each_object_colour():
+  src = shapes.ShapesSource('train', 200, 32)
+  for i in range(len(src)):
+    image = src[i]['image'].astype(np.int32)
+    for obj in src.scene(i):
+      dist = np.abs(image - np.asarray(shapes.COLOURS[obj.colour])).max(-1)
+      assert (dist <= 12).sum() >= 12, (i, obj)
+
+
+@pytest.mark.parametrize('shape,area', [
+    ('circle', np.pi), ('square', 1.6 ** 2), ('diamond', 2 * 1.05 ** 2),
+    ('ring', np.pi * 0.75), ('triangle', 0.5 * (2 * 1.75 * 0.6) * 1.75),
+    ('cross', 2 * (2 * 0.32 * 2) - (2 * 0.32) ** 2)])
+def test_shape_mask_areas_match_geometry(shape, area):
+  r, n = 100.0, 256
+  grid = np.arange(n, dtype=np.float64) + 0.5 - n / 2
+  mask = shapes.shape_mask(shape, grid[None, :], grid[:, None], r)
+  np.testing.assert_allclose(mask.sum() / r ** 2, area, rtol=0.02)
+
+
+def test_shapes_are_fast():
+  src = shapes.ShapesSource('train', 500, 32)
+  start = time.perf_counter()
+  for i in range(len(src)):
+    src[i]
+  assert (time.perf_counter() - start) / len(src) < 2e-3
+
+
+def test_zeroshot_tasks():
+  tasks = shapes.zeroshot_tasks(image_size=32, num_samples=200, seed=1)
+  assert {'shapes_heldout_shape', 'shapes_heldout_colour'} <= set(tasks)
+  shape_task, colour_task = tasks['shapes_heldout_shape'], tasks['shapes_heldout_colour']
+  assert shape_task.classnames == list(shapes.SHAPES)
+  assert colour_task.classnames == list(shapes.COLOUR_NAMES)
+  for task in tasks.values():
+    assert task.images.shape == (200, 32, 32, 3) and task.images.dtype == np.uint8
+    assert task.labels.shape == (200,) and task.labels.dtype == np.int64
+    assert 0 <= task.labels.min() and task.labels.max() < len(task.classnames)
+    assert all('{}' in t for t in task.templates)
+    assert len(np.unique(task.labels)) == len(task.classnames)
+  pairs = {(shape_task.classnames[s], colour_task.classnames[c])
+           for s, c in zip(shape_task.labels, colour_task.labels)}
+  assert pairs <= shapes.HELDOUT_COMBOS
+  again = shapes.zeroshot_tasks(image_size=32, num_samples=200, seed=1)
+  np.testing.assert_array_equal(again['shapes_heldout_shape'].images, shape_task.images)
