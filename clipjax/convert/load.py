@@ -1,0 +1,116 @@
+"""Place checkpoint tensors into a Flax parameter tree, one tensor at a time.
+
+A conversion is a table `{target path: Rule}`: which source tensors feed a target parameter
+and how they are rearranged (transposes, head splits, q/k/v unpacking). `place` checks the
+whole table against the checkpoint before reading anything (every target covered, every
+source present, no source left unused), then reads, rearranges, checks and places each tensor
+straight onto its sharding, so the host never holds more than one source tensor at a time.
+"""
+import dataclasses
+import re
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from clipjax.convert.io import CheckpointError, Reader
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  sources: Tuple[str, ...]
+  fn: Callable = lambda x: x
+
+
+def rule(*sources: str, fn: Callable = lambda x: x) -> Rule:
+  return Rule(tuple(sources), fn)
+
+
+def flat(tree) -> Dict[str, object]:
+  return traverse_util.flatten_dict(tree, sep='/')
+
+
+def abstract_params(model: nn.Module, *args, method=None) -> dict:
+  """Unboxed `ShapeDtypeStruct` tree of `model`'s params, without allocating them."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, method=method))
+  return nn.meta.unbox(shapes['params'])
+
+
+def check_plan(reader: Reader, rules: Dict[str, Rule], target: dict,
+               ignore: Sequence[str] = ()):
+  """Raises naming every target without a rule, missing source and unused source tensor."""
+  target = flat(target)
+  problems = []
+  uncovered = sorted(set(target) - set(rules))
+  if uncovered:
+    problems.append(f'no source for target parameters {uncovered}')
+  used = {s for path in target if path in rules for s in rules[path].sources}
+  missing = sorted(s for s in used if s not in reader)
+  if missing:
+    problems.append(f'missing tensors {missing}')
+  unused = sorted(n for n in reader.keys()
+                  if n not in used and not any(re.search(p, n) for p in ignore))
+  if unused:
+    problems.append(f'unexpected tensors (not part of the target model) {unused}')
+  if problems:
+    raise CheckpointError(f'{reader.path}: ' + '; '.join(problems))
+
+
+def place(reader: Reader, rules: Dict[str, Rule], target: dict, shardings: Optional[dict] = None,
+          ignore: Sequence[str] = ()) -> dict:
+  """Reads every target parameter through its rule; returns the (unboxed) param tree.
+
+  target: tree of arrays or `ShapeDtypeStruct` giving each parameter's shape and dtype.
+  shardings: optional tree (same structure) of `jax.sharding.Sharding`; each tensor goes
+    straight to its sharding with `jax.device_put`.
+  ignore: regexps of source tensors that are allowed to stay unused (buffers, metadata).
+  """
+  check_plan(reader, rules, target, ignore)
+  flat_target = flat(target)
+  flat_shardings = flat(shardings) if shardings is not None else {}
+  out = {}
+  for path, spec in flat_target.items():
+    r = rules[path]
+    arrays = []
+    for s in r.sources:
+      shape, dtype = reader.shapes[s]
+      if np.issubdtype(np.dtype(spec.dtype), np.floating) != np.issubdtype(dtype, np.floating):
+        raise CheckpointError(f'{reader.path}: tensor {s!r} has dtype {dtype}, '
+                              f'target {path} needs {np.dtype(spec.dtype)}')
+      arrays.append(reader.read(s))
+    value = np.asarray(r.fn(*arrays))
+    if value.shape != tuple(spec.shape):
+      raise CheckpointError(
+          f'{reader.path}: tensor {", ".join(r.sources)} {[a.shape for a in arrays]} gives shape '
+          f'{value.shape} for {path}, which needs {tuple(spec.shape)}')
+    del arrays
+    value = value.astype(spec.dtype, copy=False)
+    out[path] = jax.device_put(value, flat_shardings.get(path))
+    del value
+  return traverse_util.unflatten_dict(out, sep='/')
+
+
+# Rearrangements between PyTorch Linear weights [out, in] and Flax kernels.
+def linear(w):
+  return w.T
+
+
+def split_heads_in(heads):
+  """[heads*dim, in] Linear weight -> DenseGeneral kernel [in, heads, dim]."""
+  return lambda w: w.T.reshape(w.shape[1], heads, -1)
+
+
+def split_heads_bias(heads):
+  return lambda b: b.reshape(heads, -1)
+
+
+def split_heads_out(heads):
+  """[out, heads*dim] Linear weight -> DenseGeneral kernel [heads, dim, out]."""
+  return lambda w: w.T.reshape(heads, -1, w.shape[0])
+
+
+def conv(w):
+  """Conv2d weight [out, in, kh, kw] -> Flax [kh, kw, in, out]."""
+  return w.transpose(2, 3, 1, 0)
