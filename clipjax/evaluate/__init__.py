@@ -1,0 +1,67 @@
+"""Evaluation: zero-shot classification, image-text retrieval, linear probe.
+
+Evaluators are built from a config dict of named entries (big_vision style), e.g.
+
+  evals.digits = dict(type='zeroshot', dataset='sklearn_digits')
+  evals.inet = dict(type='zeroshot', dataset='imagenet2012', data_dir=D, split='validation',
+                    templates='imagenet1k')
+  evals.coco = dict(type='retrieval', karpathy_json=J, images_dir=D)
+  evals.probe = dict(type='linear_probe', dataset='sklearn_digits')
+
+and run against an `Encoder`; results are flat "<name>/<metric>" floats.
+"""
+from typing import Optional
+
+from clipjax.evaluate.encoder import Encoder
+from clipjax.evaluate.linear_probe import LinearProbeEvaluator, fit_linear_probe
+from clipjax.evaluate.metrics import classification_metrics, retrieval_metrics
+from clipjax.evaluate.retrieval import RetrievalEvaluator
+from clipjax.evaluate.zeroshot import ZeroShotEvaluator, zeroshot_classifier, zeroshot_metrics
+
+EVALUATORS = {
+    'zeroshot': ZeroShotEvaluator,
+    'retrieval': RetrievalEvaluator,
+    'linear_probe': LinearProbeEvaluator,
+}
+
+
+def _as_dict(config) -> dict:
+  return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+
+
+def build_evaluators(evals_config) -> dict:
+  """{name: dict(type=..., **options)} (dict or ConfigDict) -> {name: evaluator}."""
+  evaluators = {}
+  for name, spec in _as_dict(evals_config or {}).items():
+    spec = _as_dict(spec)
+    kind = spec.pop('type', None)
+    if kind not in EVALUATORS:
+      raise ValueError(f'config.evals.{name}.type is {kind!r}; expected one of '
+                       f'{sorted(EVALUATORS)}')
+    try:
+      evaluators[name] = EVALUATORS[kind](**spec)
+    except TypeError as e:
+      raise TypeError(f'config.evals.{name} (type {kind!r}): {e}') from e
+  return evaluators
+
+
+def run_evaluators(evaluators: dict, encoder, details: Optional[dict] = None) -> dict:
+  """Runs every evaluator -> {"<name>/<metric>": float}.
+
+  Per-class arrays (accuracy, counts, class names) go into `details[name]` when a dict
+  is passed; `report.save_eval_details` writes them.
+  """
+  results = {}
+  for name, evaluator in evaluators.items():
+    scalars, arrays = evaluator(encoder)
+    results.update({f'{name}/{k}': float(v) for k, v in scalars.items()})
+    if details is not None:
+      details[name] = arrays
+  return results
+
+
+__all__ = [
+    'Encoder', 'EVALUATORS', 'LinearProbeEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
+    'build_evaluators', 'classification_metrics', 'fit_linear_probe', 'retrieval_metrics',
+    'run_evaluators', 'zeroshot_classifier', 'zeroshot_metrics',
+]
