@@ -1,25 +1,31 @@
-"""Contrastive losses: the readable references every kernel is tested against.
+"""Contrastive and distillation losses behind one `implementation=` switch.
 
 Embeddings arrive L2-normalised; `logit_scale` is the multiplier itself (exp of the
-learned log-scale, as open_clip passes it). Under `jit` with batch-sharded inputs,
-GSPMD gathers the columns, so each loss equals the single-device loss on the global batch.
+learned log-scale, as open_clip passes it). Implementations:
+  'xla'      the readable references below; B x B logits, GSPMD gathers columns under jit.
+  'chunked'  tiled XLA with custom VJPs (clipjax/kernels/chunked.py): O(B*D) memory.
+  'pallas'   Pallas kernels (clipjax/kernels/pallas_losses.py); interpret mode off GPU.
+  'auto'     'pallas' on GPU, 'chunked' elsewhere.
+The lean paths run per device under `shard_map` when a mesh with batch axes (`data`,
+`fsdp`) is passed or set with `jax.set_mesh`; every path equals the single-device loss
+on the global batch. See clipjax/kernels/README.md.
 """
 import jax
 import jax.numpy as jnp
 
-
-def _check(implementation):
-  if implementation != 'xla':
-    raise ValueError(f'clipjax.losses: implementation={implementation!r} is not available; use "xla".')
+from clipjax.kernels import fused
 
 
 def _logits(a, b, scale):
   return scale * jnp.einsum('id,jd->ij', a, b, preferred_element_type=jnp.float32)
 
 
-def clip_loss(image_emb, text_emb, logit_scale, *, implementation='xla'):
+def clip_loss(image_emb, text_emb, logit_scale, *, implementation='auto', mesh=None):
   """Symmetric InfoNCE: mean of image->text and text->image cross-entropy."""
-  _check(implementation)
+  implementation = fused.resolve(implementation)
+  if implementation != 'xla':
+    return fused.clip_loss(image_emb, text_emb, logit_scale, implementation=implementation,
+                           mesh=mesh)
   logits = _logits(image_emb, text_emb, logit_scale)
   labels = jnp.arange(logits.shape[0])
   diag = logits[labels, labels]
@@ -28,9 +34,13 @@ def clip_loss(image_emb, text_emb, logit_scale, *, implementation='xla'):
   return 0.5 * (i2t.mean() + t2i.mean())
 
 
-def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation='xla'):
+def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation='auto',
+                mesh=None):
   """Pairwise sigmoid loss (SigLIP, Zhai et al. 2023), summed over pairs / batch size."""
-  _check(implementation)
+  implementation = fused.resolve(implementation)
+  if implementation != 'xla':
+    return fused.siglip_loss(image_emb, text_emb, logit_scale, logit_bias,
+                             implementation=implementation, mesh=mesh)
   logits = _logits(image_emb, text_emb, logit_scale) + logit_bias
   n = logits.shape[0]
   signs = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
@@ -38,14 +48,18 @@ def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation=
 
 
 def affinity_mimicking_loss(student_img, student_txt, teacher_img, teacher_txt,
-                            student_scale, teacher_scale, *, implementation='xla'):
+                            student_scale, teacher_scale, *, implementation='auto', mesh=None):
   """TinyCLIP affinity mimicking: soft-target CE of student affinities vs the teacher's.
 
   ½·CE(softmax_row(student) | softmax_row(teacher)) + ½·the same over columns
   (text->image), each a mean over rows. The teacher is a fixed target: no gradient
   reaches its embeddings or scale (TinyCLIP runs it under no_grad).
   """
-  _check(implementation)
+  implementation = fused.resolve(implementation)
+  if implementation != 'xla':
+    return fused.affinity_mimicking_loss(
+        student_img, student_txt, teacher_img, teacher_txt, student_scale, teacher_scale,
+        implementation=implementation, mesh=mesh)
   teacher_img, teacher_txt, teacher_scale = jax.lax.stop_gradient(
       (teacher_img, teacher_txt, teacher_scale))
   student = _logits(student_img, student_txt, student_scale)

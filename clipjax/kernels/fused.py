@@ -1,0 +1,140 @@
+"""Losses assembled from tiled statistics, on one device or sharded over the batch.
+
+With a mesh whose batch axes (`data`, `fsdp`) have more than one device, each device
+keeps its rows and all-gathers the columns (O(B*D) traffic, never B x B). Row statistics
+are then complete locally; column statistics are partial over the local rows and are
+merged across devices with a log-sum-exp all-reduce of O(B) floats. The result equals
+the single-device loss on the global batch; gradients flow back through the collectives
+(the gather's transpose is a reduce-scatter of the column gradients).
+"""
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from clipjax.kernels import chunked
+
+BATCH_AXES = ('data', 'fsdp')
+IMPLEMENTATIONS = ('auto', 'xla', 'chunked', 'pallas')
+
+
+def resolve(implementation):
+  """'auto' -> the fastest lean path for the backend: Pallas on GPU, tiled XLA elsewhere."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'implementation={implementation!r}; expected one of {IMPLEMENTATIONS}')
+  if implementation == 'auto':
+    return 'pallas' if jax.default_backend() == 'gpu' else 'chunked'
+  return implementation
+
+
+def _ops(implementation):
+  if implementation == 'pallas':
+    from clipjax.kernels import pallas_losses  # pylint: disable=g-import-not-at-top
+    return pallas_losses
+  return chunked
+
+
+def _batch_axes(mesh):
+  """Mesh axes the batch is split over, and the mesh (None: the one set by jax.set_mesh)."""
+  context = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+  if context is None or context.empty:
+    return ()
+  return tuple(a for a in BATCH_AXES if a in context.axis_names and context.shape[a] > 1)
+
+
+def _run(body, args, replicated, mesh, num_rows):
+  """Calls body(*args, *replicated, axes=...) per device under shard_map, or directly."""
+  axes = _batch_axes(mesh)
+  if not axes:
+    return body(*args, *replicated, axes=())
+  context = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+  shards = 1
+  for a in axes:
+    shards *= context.shape[a]
+  if num_rows % shards:
+    raise ValueError(f'clipjax.kernels: batch of {num_rows} rows does not split over mesh '
+                     f'axes {axes} ({shards} shards)')
+  spec = P(axes)
+  fn = jax.shard_map(lambda *a: body(*a, axes=axes), mesh=mesh,
+                     in_specs=(spec,) * len(args) + (P(),) * len(replicated), out_specs=P())
+  return fn(*args, *replicated)
+
+
+def _gather(a, axes):
+  return jax.lax.all_gather(a, axes, tiled=True) if axes else a
+
+
+def _psum(a, axes):
+  return jax.lax.psum(a, axes) if axes else a
+
+
+def _offset(n, axes):
+  return (jax.lax.axis_index(axes) * n).astype(jnp.int32) if axes else jnp.int32(0)
+
+
+def _combine_lse(v, axes):
+  """Log-sum-exp of per-device partial LSEs (an all-reduce of O(B) floats)."""
+  if not axes:
+    return v
+  m = jax.lax.pmax(jax.lax.stop_gradient(v), axes)
+  return m + jnp.log(jax.lax.psum(jnp.exp(v - m), axes))
+
+
+def _mine(v, n, axes):
+  """This device's slice of a gathered per-column vector."""
+  return jax.lax.dynamic_slice_in_dim(v, _offset(n, axes), n) if axes else v
+
+
+def clip_loss(image_emb, text_emb, logit_scale, *, implementation, mesh=None, block=None):
+  """Symmetric InfoNCE from the tiled (row, column) log-sum-exps."""
+  ops = _ops(implementation)
+  block = block or ops.DEFAULT_BLOCK
+  num = image_emb.shape[0]
+
+  def body(x, y, scale, axes):
+    n = x.shape[0]
+    row_lse, col_lse = ops.contrastive_stats(x, _gather(y, axes), scale, block)
+    col_lse = _mine(_combine_lse(col_lse, axes), n, axes)
+    diag = scale * jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32), axis=1)
+    return 0.5 * _psum(jnp.sum(row_lse + col_lse - 2 * diag), axes) / num
+
+  return _run(body, (image_emb, text_emb), (jnp.asarray(logit_scale, jnp.float32),), mesh, num)
+
+
+def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation, mesh=None,
+                block=None):
+  """Sigmoid loss: per-row sums over the tiles, positives on the global diagonal."""
+  ops = _ops(implementation)
+  block = block or ops.DEFAULT_BLOCK
+  num = image_emb.shape[0]
+
+  def body(x, y, scale, bias, axes):
+    rows = ops.sigmoid_rows(x, _gather(y, axes), scale, bias, _offset(x.shape[0], axes), block)
+    return _psum(jnp.sum(rows), axes) / num
+
+  replicated = (jnp.asarray(logit_scale, jnp.float32), jnp.asarray(logit_bias, jnp.float32))
+  return _run(body, (image_emb, text_emb), replicated, mesh, num)
+
+
+def affinity_mimicking_loss(student_img, student_txt, teacher_img, teacher_txt, student_scale,
+                            teacher_scale, *, implementation, mesh=None, block=None):
+  """TinyCLIP soft-target CE, both directions, from one pass over student and teacher tiles."""
+  ops = _ops(implementation)
+  block = block or ops.DEFAULT_BLOCK
+  num = student_img.shape[0]
+
+  def body(xs, ys, xt, yt, s_scale, t_scale, axes):
+    n = xs.shape[0]
+    row, col = ops.affinity_stats(xs, _gather(ys, axes), xt, _gather(yt, axes),
+                                  s_scale, t_scale, block)
+    col_s, col_t, col_w = col
+    full_t = _combine_lse(col_t, axes)
+    col_w = _psum(jax.lax.stop_gradient(jnp.exp(col_t - full_t)) * col_w, axes)
+    col_s = _combine_lse(col_s, axes)
+    row_ce = jnp.sum(row[0] - row[2])
+    col_ce = jnp.sum(_mine(col_s, n, axes) - _mine(col_w, n, axes))
+    return 0.5 * _psum(row_ce + col_ce, axes) / num
+
+  replicated = (jnp.asarray(student_scale, jnp.float32),
+                jax.lax.stop_gradient(jnp.asarray(teacher_scale, jnp.float32)))
+  args = (student_img, student_txt) + jax.lax.stop_gradient((teacher_img, teacher_txt))
+  return _run(body, args, replicated, mesh, num)
