@@ -94,8 +94,11 @@ def bert_rules(spec: dict, prefix: str = '') -> dict:
   return rules
 
 
-def load_bert(path: str, shardings=None, dtype=jnp.float32):
-  """(BertEncoder, params) from a HF BERT or sentence-transformers folder (or its weights file)."""
+def load_bert(path: str, dtype=jnp.float32, **placement):
+  """(BertEncoder, params) from a HF BERT or sentence-transformers folder (or its weights file).
+
+  placement: `shardings`, or `mesh` (+ `axis_rules`): see `load.place`.
+  """
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   config_path = os.path.join(folder, 'config.json')
   spec = bert_spec(_read_json(config_path), config_path)
@@ -104,6 +107,6 @@ def load_bert(path: str, shardings=None, dtype=jnp.float32):
   target = load.abstract_params(model, jnp.zeros((1, 2), jnp.int32))
   with open_checkpoint(path) as reader:
     prefix = 'bert.' if 'bert.embeddings.word_embeddings.weight' in reader else ''
-    params = load.place(reader, bert_rules(spec, prefix), target, shardings,
-                        IGNORE + ((r'^cls\.',) if prefix else ()))
+    params = load.place(reader, bert_rules(spec, prefix), target,
+                        ignore=IGNORE + ((r'^cls\.',) if prefix else ()), **placement)
   return model, params

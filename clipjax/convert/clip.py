@@ -251,8 +251,11 @@ def clip_target(model: CLIPModel):
   return load.abstract_params(model, images, ids)
 
 
-def load_hf_clip(path: str, shardings=None, dtype=jnp.float32):
-  """(model, params) from a Hugging Face CLIP folder (config.json + weights)."""
+def load_hf_clip(path: str, dtype=jnp.float32, **placement):
+  """(model, params) from a Hugging Face CLIP folder (config.json + weights).
+
+  placement: `shardings`, or `mesh` (+ `axis_rules`): see `load.place`.
+  """
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   config_path = os.path.join(folder, 'config.json')
   with open(config_path) as f:
@@ -260,22 +263,23 @@ def load_hf_clip(path: str, shardings=None, dtype=jnp.float32):
   model = build(spec, dtype)
   with open_checkpoint(path) as reader:
     params = load.place(reader, table_rules(hf_clip_table(spec), spec), clip_target(model),
-                        shardings, IGNORE)
+                        ignore=IGNORE, **placement)
   return model, params
 
 
-def load_openai_clip(path: str, shardings=None, dtype=jnp.float32, act: Optional[str] = None,
-                     vision_heads=None, text_heads=None, layout='openai'):
+def load_openai_clip(path: str, dtype=jnp.float32, act: Optional[str] = None, vision_heads=None,
+                     text_heads=None, layout='openai', **placement):
   """(model, params) from an OpenAI `.pt` (TorchScript or state dict) or open_clip checkpoint.
 
   act: MLP activation; OpenAI models use quick_gelu, most open_clip-trained models gelu.
+  placement: `shardings`, or `mesh` (+ `axis_rules`): see `load.place`.
   """
   act = act or ('quick_gelu' if layout == 'openai' else 'gelu')
   with open_checkpoint(path) as reader:
     spec = openai_clip_spec(reader, act, vision_heads, text_heads)
     model = build(spec, dtype)
-    params = load.place(reader, openai_clip_rules(spec, reader), clip_target(model), shardings,
-                        IGNORE)
+    params = load.place(reader, openai_clip_rules(spec, reader), clip_target(model),
+                        ignore=IGNORE, **placement)
   return model, params
 
 

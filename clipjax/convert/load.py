@@ -33,9 +33,14 @@ def flat(tree) -> Dict[str, object]:
 
 
 def abstract_params(model: nn.Module, *args, method=None) -> dict:
-  """Unboxed `ShapeDtypeStruct` tree of `model`'s params, without allocating them."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, method=method))
-  return nn.meta.unbox(shapes['params'])
+  """Boxed (logical axes) `ShapeDtypeStruct` tree of `model`'s params, allocating nothing."""
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, method=method))['params']
+
+
+def mesh_shardings(target: dict, mesh, axis_rules=None) -> dict:
+  """NamedSharding per parameter from its logical axes (`clipjax.sharding` rules)."""
+  from clipjax import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.logical_to_sharding(target, mesh, axis_rules or sharding.DEFAULT_RULES)
 
 
 def check_plan(reader: Reader, rules: Dict[str, Rule], target: dict,
@@ -59,14 +64,18 @@ def check_plan(reader: Reader, rules: Dict[str, Rule], target: dict,
 
 
 def place(reader: Reader, rules: Dict[str, Rule], target: dict, shardings: Optional[dict] = None,
-          ignore: Sequence[str] = ()) -> dict:
+          ignore: Sequence[str] = (), mesh=None, axis_rules=None) -> dict:
   """Reads every target parameter through its rule; returns the (unboxed) param tree.
 
-  target: tree of arrays or `ShapeDtypeStruct` giving each parameter's shape and dtype.
-  shardings: optional tree (same structure) of `jax.sharding.Sharding`; each tensor goes
-    straight to its sharding with `jax.device_put`.
+  target: tree (boxed or not) of arrays or `ShapeDtypeStruct`: each parameter's shape, dtype.
+  shardings: optional tree (same structure) of `jax.sharding.Sharding`; or give `mesh` (and
+    `axis_rules`, default `clipjax.sharding.DEFAULT_RULES`) to derive them from the boxed
+    target's logical axes. Each tensor goes straight to its sharding with `jax.device_put`.
   ignore: regexps of source tensors that are allowed to stay unused (buffers, metadata).
   """
+  if shardings is None and mesh is not None:
+    shardings = mesh_shardings(target, mesh, axis_rules)
+  target = nn.meta.unbox(target)
   check_plan(reader, rules, target, ignore)
   flat_target = flat(target)
   flat_shardings = flat(shardings) if shardings is not None else {}
