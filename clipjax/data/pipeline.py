@@ -1,9 +1,15 @@
 """grain training pipeline: shard per process, shuffle per epoch, augment, tokenize, batch.
 
-Everything random is a function of (seed, position in the repeated stream), so the
-iterator state is a handful of integers and a resumed run replays exactly the batches
-an uninterrupted one would, with or without worker processes. Samples a source marks
-as bad (key `SKIP_KEY` holding a reason) are dropped before batching and counted.
+Two kinds of sources:
+- random access (`len`, `[i]`: synthetic shapes, CSV, ArrayRecord): split by index
+  across processes, globally shuffled per epoch;
+- streamed shards (`.shards`, `.shard_dataset(url)`: WebDataset tars): shard order
+  split across processes then workers and shuffled per epoch, a few shards
+  interleaved, samples shuffled in windows of `shuffle_buffer`.
+Everything random is a function of (seed, position in the stream), so the iterator
+state is a handful of integers (JSON) and a resumed run replays exactly the batches
+an uninterrupted one would, with or without worker processes. Samples marked bad
+(key `SKIP_KEY` holding a reason) are dropped before batching and counted.
 """
 import collections
 import json
@@ -14,9 +20,9 @@ import grain
 import numpy as np
 from PIL import Image
 
-from clipjax.data import transforms
+from clipjax.data import sources, transforms
+from clipjax.data.sources import SKIP_KEY
 
-SKIP_KEY = '_skip_reason'
 _COUNTS_KEY = '_skipped'
 DEFAULT_AUGMENT = {'scale': (0.9, 1.0), 'ratio': (3 / 4, 4 / 3)}
 
@@ -62,16 +68,19 @@ def _to_size(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class Preprocess:
-  """Per-sample transform run inside grain (picklable for worker processes)."""
+  """Per-sample transform run inside grain (picklable for worker processes): decode
+  (streamed sources), crop, normalise, tokenize the caption and text extra columns."""
 
   def __init__(self, tokenizer, context_length, image_size, augment, mean, std,
-               extra_keys=()):
+               extra_keys=(), decoder=None):
     self.tokenizer, self.context_length = tokenizer, context_length
     self.image_size, self.mean, self.std = image_size, mean, std
     self.augment = None if augment is None else {**DEFAULT_AUGMENT, **augment}
-    self.extra_keys = tuple(extra_keys)
+    self.extra_keys, self.decoder = tuple(extra_keys), decoder
 
   def __call__(self, record, rng):
+    if self.decoder is not None:
+      record = self.decoder(record)
     if record.get(SKIP_KEY):
       return {SKIP_KEY: record[SKIP_KEY]}
     image = record['image']
@@ -81,10 +90,125 @@ class Preprocess:
       image = random_resized_crop(image, self.image_size, rng, self.augment['scale'],
                                   self.augment['ratio'])
     out = {'image': transforms.normalize(image, self.mean, self.std),
-           'text': self.tokenizer([record['caption']], self.context_length)[0]}
+           'text': self._tokens(record['caption'])}
     for key in self.extra_keys:
-      out[key] = np.asarray(record[key])
+      value = record[key]
+      out[key] = self._tokens(value) if isinstance(value, str) else np.asarray(value)
     return out
+
+  def _tokens(self, text: str) -> np.ndarray:
+    return self.tokenizer([text], self.context_length)[0]
+
+
+class NoisyCaptions:
+  """Random-access source wrapper swapping captions among a fixed fraction of samples.
+
+  round(fraction * N) indices, chosen from the seed, pass their captions one step
+  around a cycle, so every chosen sample gets another chosen sample's caption."""
+
+  def __init__(self, source, fraction: float, seed: int):
+    if not 0.0 <= fraction <= 1.0:
+      raise ValueError(f'data.label_noise must be in [0, 1], got {fraction}')
+    self.source, self.fraction = source, fraction
+    n = len(source)
+    chosen = np.random.default_rng([seed, 0x4E01]).choice(n, round(fraction * n), replace=False)
+    order = np.argsort(chosen)
+    self.noisy = chosen[order]
+    self.partner = np.roll(chosen, 1)[order]
+
+  def __len__(self):
+    return len(self.source)
+
+  def partner_of(self, index: int):
+    j = np.searchsorted(self.noisy, index)
+    if j < len(self.noisy) and self.noisy[j] == index:
+      return int(self.partner[j])
+    return None
+
+  def __getitem__(self, index: int) -> dict:
+    record = self.source[index]
+    partner = self.partner_of(index)
+    if partner is not None and SKIP_KEY not in record:
+      try:
+        record['caption'] = _caption_of(self.source, partner)
+      except sources.BadSample as e:
+        return {SKIP_KEY: e.reason}
+    return record
+
+
+def _caption_of(source, index: int) -> str:
+  if hasattr(source, 'caption'):
+    return source.caption(index)
+  record = source[index]
+  if SKIP_KEY in record:
+    raise sources.BadSample(record[SKIP_KEY])
+  return record['caption']
+
+
+class _WindowShuffle(grain.IterDataset):
+  """Shuffles samples within consecutive windows (a shuffle buffer that restores
+  exactly: the state is where the window started in the parent), and optionally
+  swaps captions among a fixed fraction of each window (label noise)."""
+
+  def __init__(self, parent, window_size: int, seed: int, label_noise: float = 0.0,
+               caption_key: str = 'txt'):
+    super().__init__(parent)
+    self._window_size, self._seed = window_size, seed
+    self._label_noise, self._caption_key = label_noise, caption_key
+
+  def __iter__(self):
+    return _WindowShuffleIterator(self._parent.__iter__(), self._window_size, self._seed,
+                                  self._label_noise, self._caption_key)
+
+
+class _WindowShuffleIterator(grain.DatasetIterator):
+
+  def __init__(self, parent, window_size, seed, label_noise, caption_key):
+    super().__init__(parent)
+    self._size, self._seed = window_size, seed
+    self._noise, self._caption_key = label_noise, caption_key
+    self._window, self._window_index, self._pos = [], 0, 0
+    self._start_state = None
+
+  def _fill(self):
+    self._start_state = self._parent.get_state()
+    window = []
+    for _ in range(self._size):
+      try:
+        window.append(next(self._parent))
+      except StopIteration:
+        break
+    rng = np.random.default_rng([self._seed, self._window_index])
+    window = [window[i] for i in rng.permutation(len(window))]
+    if self._noise:
+      usable = [i for i, r in enumerate(window) if self._caption_key in r]
+      chosen = rng.permutation(usable)[:round(self._noise * len(usable))]
+      captions = [window[i][self._caption_key] for i in chosen]
+      for i, caption in zip(chosen, np.roll(np.asarray(captions, object), 1)):
+        window[i] = {**window[i], self._caption_key: caption}
+    self._window = window
+
+  def __next__(self):
+    if self._pos == len(self._window):
+      if self._window:
+        self._window_index += 1
+      self._fill()
+      self._pos = 0
+      if not self._window:
+        raise StopIteration
+    self._pos += 1
+    return self._window[self._pos - 1]
+
+  def get_state(self):
+    if self._start_state is None:
+      return {'start': self._parent.get_state(), 'window': self._window_index, 'pos': 0}
+    return {'start': self._start_state, 'window': self._window_index, 'pos': self._pos}
+
+  def set_state(self, state):
+    self._parent.set_state(state['start'])
+    self._window_index = int(state['window'])
+    self._fill()
+    self._pos = min(int(state['pos']), len(self._window))
 
 
 class _SkipAndBatch(grain.IterDataset):
@@ -169,45 +293,130 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
                       process_index: int = 0, process_count: int = 1,
                       worker_count: int = 0, read_threads: int = 0,
                       mean=transforms.CLIP_MEAN, std=transforms.CLIP_STD,
-                      extra_keys=()) -> TrainLoader:
+                      extra_keys=(), label_noise: float = 0.0, shuffle_buffer: int = 1000,
+                      cycle_length: int = 4) -> TrainLoader:
   """Batches {'image': f32[B, S, S, 3], 'text': i32[B, L], *extra_keys} of this
   process's B = global_batch_size // process_count samples, forever.
 
-  The source is split across processes by index (process p reads p, p + P, ...),
-  then shuffled differently every epoch; with `worker_count` > 0 grain worker
-  processes each take every worker_count-th element of that stream.
+  Random-access sources are split across processes by index (process p reads p,
+  p + P, ...) and shuffled globally every epoch; shard sources are split by shard.
+  With `worker_count` > 0 grain worker processes each take every worker_count-th
+  element (sample or shard) of that stream and batch their own samples, so the
+  order depends on worker_count (resume with the same value).
   `augment=None` means no random crop (resize-centre-crop if sizes differ).
+  Text extra columns (str values) are tokenized like the caption.
   """
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
                      f'process_count={process_count}')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
-  if len(source) < process_count:
-    raise ValueError(f'Source {source!r} has {len(source)} samples, fewer than '
-                     f'process_count={process_count}')
+  decoder = getattr(source, 'decoder', None) if hasattr(source, 'shards') else None
   preprocess = Preprocess(tokenizer, context_length, image_size, augment, mean, std,
-                          extra_keys)
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat().random_map(preprocess, seed=seed)
-  read = grain.ReadOptions(num_threads=read_threads,
-                           prefetch_buffer_size=max(64, global_batch_size))
-  ids = _SkipAndBatch(ds.to_iter_dataset(read), global_batch_size // process_count)
+                          extra_keys, decoder)
+  if hasattr(source, 'shards'):
+    ds = _shard_stream(source, seed, process_index, process_count, shuffle_buffer,
+                       cycle_length, label_noise)
+  else:
+    ds = _index_stream(source, seed, process_index, process_count, label_noise,
+                       read_threads, global_batch_size)
+  ds = _SkipAndBatch(ds.random_map(preprocess, seed=seed), global_batch_size // process_count)
   if worker_count > 0:
     # grain reads absl flags when starting workers; outside absl.app they are unparsed.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return TrainLoader(ids)
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return TrainLoader(ds)
 
 
-def make_source(data_config):
-  """The training source a data config names (keys: format, train, train_num_samples,
-  image_size, seed)."""
-  get = data_config.get if hasattr(data_config, 'get') else data_config.__getitem__
+def _index_stream(source, seed, process_index, process_count, label_noise, read_threads,
+                  batch_size) -> grain.IterDataset:
+  if len(source) < process_count:
+    raise ValueError(f'Source {source!r} has {len(source)} samples, fewer than '
+                     f'process_count={process_count}')
+  if label_noise:
+    source = NoisyCaptions(source, label_noise, seed)
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  read = grain.ReadOptions(num_threads=read_threads,
+                           prefetch_buffer_size=max(64, batch_size))
+  return ds.shuffle(seed=seed).repeat().to_iter_dataset(read)
+
+
+def _shard_stream(source, seed, process_index, process_count, shuffle_buffer,
+                  cycle_length, label_noise) -> grain.IterDataset:
+  shards = list(source.shards)
+  if len(shards) < process_count:
+    raise ValueError(f'{source!r}: {len(shards)} shards cannot feed {process_count} '
+                     'processes; write more, smaller shards')
+  ds = grain.MapDataset.source(shards)[process_index::process_count]
+  ds = ds.shuffle(seed=seed).repeat().map(source.shard_dataset)
+  ds = grain.experimental.InterleaveIterDataset(ds, cycle_length=cycle_length)
+  caption_key = getattr(getattr(source, 'decoder', None), 'caption_key', 'txt')
+  return _WindowShuffle(ds, shuffle_buffer, seed, label_noise, caption_key)
+
+
+def sample_captions(source, num: int) -> list:
+  """Up to `num` usable captions from the start of any source (tokenizer training)."""
+  if hasattr(source, 'captions'):
+    return source.captions(num)
+  out = []
+  for i in range(len(source)):
+    record = source[i]
+    if SKIP_KEY not in record:
+      out.append(record['caption'])
+    if len(out) >= num:
+      break
+  return out
+
+
+# Optional data-config keys forwarded to make_train_loader, with their loader names.
+_LOADER_KEYS = {'num_workers': 'worker_count', 'augment': 'augment',
+                'label_noise': 'label_noise', 'shuffle_buffer': 'shuffle_buffer',
+                'cycle_length': 'cycle_length', 'read_threads': 'read_threads',
+                'mean': 'mean', 'std': 'std'}
+
+
+def loader_kwargs(data_config) -> dict:
+  """make_train_loader keyword arguments from a data config's optional keys; extra
+  columns (`extra_columns`, a mapping) ride along under their batch names."""
+  out = {name: _plain(data_config[key]) for key, name in _LOADER_KEYS.items()
+         if key in data_config and data_config[key] is not None}
+  extra = _plain(data_config.get('extra_columns') or {})
+  if extra:
+    out['extra_keys'] = tuple(extra)
+  return out
+
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
+def make_source(data_config, *, image_size: int | None = None, seed: int | None = None):
+  """The training source a data config names. Keys: format (synthetic | wds |
+  array_record | csv), train (pattern or path), train_num_samples, image_size, seed,
+  caption_key, csv_img_key, csv_caption_key, csv_separator, extra_columns.
+  Keyword arguments override the config's image_size and seed."""
+  get = data_config.get
   fmt = get('format', 'synthetic')
+  image_size = image_size or get('image_size', 32)
+  extra = _plain(get('extra_columns') or {})
   if fmt == 'synthetic':
     from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
-    return shapes.ShapesSource('train', int(get('train_num_samples', 10_000) or 10_000),
-                               int(get('image_size', 32)), int(get('seed', 0)))
-  raise ValueError(f"data.format={fmt!r} is not supported; use one of ['synthetic']")
+    return shapes.ShapesSource('train', int(get('train_num_samples') or 10_000),
+                               int(image_size), int(seed if seed is not None else get('seed', 0)))
+  path = get('train')
+  if not path:
+    raise ValueError(f"data.train is empty: data.format={fmt!r} needs a path or pattern")
+  if fmt == 'wds':
+    return sources.TarShardSource(path, caption_key=get('caption_key', 'txt'),
+                                  extra_columns=extra, draft_size=image_size)
+  if fmt == 'array_record':
+    return sources.ArrayRecordSource(path, caption_key=get('caption_key', 'txt'),
+                                     extra_columns=extra, draft_size=image_size)
+  if fmt == 'csv':
+    return sources.CsvSource(path, img_key=get('csv_img_key', 'filepath'),
+                             caption_key=get('csv_caption_key', 'title'),
+                             separator=get('csv_separator'), extra_columns=extra,
+                             draft_size=image_size)
+  raise ValueError(f"data.format={fmt!r} is not supported; use one of "
+                   "['synthetic', 'wds', 'array_record', 'csv']")
