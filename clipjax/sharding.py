@@ -60,6 +60,23 @@ def logical_to_sharding(logical_tree, mesh: Mesh, rules: Sequence) -> object:
   return nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
 
 
+def like_params(tree, params, param_shardings, default):
+  """Shardings for optimizer state: a leaf whose key path ends with a parameter's path and
+  has its shape (Adam moments, also under masks) shares that parameter's sharding."""
+  by_path = {}
+  for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree_util.tree_leaves(param_shardings)):
+    by_path[tuple(path)] = (p.shape, s)
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      shape, s = by_path.get(tuple(path[start:]), (None, None))
+      if s is not None and shape == leaf.shape:
+        return s
+    return default
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

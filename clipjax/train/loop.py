@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from clipjax import sharding
 from clipjax.data import pipeline
@@ -55,10 +54,10 @@ def resolve_config(config, tokenizer: Tokenizer) -> ml_collections.ConfigDict:
 class Trainer:
   """Everything a run needs, built once; `train()` and `evaluate()` drive it."""
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, devices=None):
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self.mesh = sharding.make_mesh(**config.mesh)
+    self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
     self.source = pipeline.make_source(config.data)
     self.tokenizer = load_tokenizer(config, self.workdir, self.source)
     self.config = config = resolve_config(config, self.tokenizer)
@@ -80,9 +79,7 @@ class Trainer:
 
     abstract = jax.eval_shape(init_state, init_rng, aux_rng, state_rng)
     repl = sharding.replicated(self.mesh)
-    opt_sharding = optax.tree_map_params(
-        self.tx, lambda _, s: s, abstract.opt_state, param_sharding,
-        transform_non_params=lambda _: repl)
+    opt_sharding = sharding.like_params(abstract.opt_state, abstract.params, param_sharding, repl)
     self.state_sharding = TrainState(
         step=repl, params=param_sharding, opt_state=opt_sharding,
         aux=jax.tree_util.tree_map(lambda _: repl, abstract.aux), rng=repl)
@@ -115,12 +112,16 @@ class Trainer:
     loader.set_state(data_state)
     return state
 
-  def save(self, state, loader, loss) -> None:
+  def save(self, state, loader, metrics) -> None:
+    """Checkpoints unless the newest loss or parameters are non-finite (keeping the last good one)."""
     step = int(jax.device_get(state.step))
-    if not math.isfinite(loss):
+    bad = {k: float(v) for k, v in jax.device_get(metrics).items()
+           if k in ('loss', 'param_norm') and not math.isfinite(float(v))}
+    if bad:
       raise NonFiniteLossError(
-          f'Non-finite loss {loss} at step {step}; not checkpointing. Last good checkpoint: '
-          f'step {self.checkpointer.latest_step()} in {self.workdir / "checkpoints"}')
+          f'Non-finite {bad} at step {step} (config.optim.lr={self.config.optim.lr}); not '
+          f'checkpointing. Last good checkpoint: step {self.checkpointer.latest_step()} in '
+          f'{self.workdir / "checkpoints"}')
     self.checkpointer.save(step, state, loader.get_state())
 
   def evaluate(self, state) -> dict:
@@ -173,7 +174,7 @@ class Trainer:
           writer.write_eval(step, evals)
           t0 = time.perf_counter()
         if step % c.checkpoint_every == 0 or final or preempted:
-          self.save(state, loader, last.get('loss', float(jax.device_get(metrics['loss']))))
+          self.save(state, loader, metrics)
         if preempted:
           log.warning('SIGTERM: checkpoint saved at step %d, exiting.', step)
           break

@@ -50,12 +50,11 @@ def make_train_step(method, tx, lr_schedule, grad_accum_steps: int = 1):
       (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(
           state.params, state.aux, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     new_state = method.after_step(new_state)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(state.params),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params),
                    learning_rate=lr_schedule(state.step))
     return new_state, metrics
   return train_step

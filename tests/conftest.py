@@ -1,0 +1,30 @@
+"""Shared test helpers: subprocesses with a simulated multi-device CPU mesh."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: longer end-to-end tests (still run in CI)')
+
+
+def run_python(code: str, devices: int = 1, timeout: int = 600, env=None) -> str:
+  """Runs `code` in a fresh interpreter with `devices` simulated CPU devices; returns stdout."""
+  full_env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+                  JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT), **(env or {}))
+  proc = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
+                        text=True, timeout=timeout, env=full_env, cwd=ROOT)
+  if proc.returncode:
+    raise AssertionError(f'subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}')
+  return proc.stdout
+
+
+@pytest.fixture
+def python_subprocess():
+  return run_python
