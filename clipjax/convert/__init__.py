@@ -1,1 +1,132 @@
-"""Checkpoint interop: OpenAI, open_clip and Hugging Face weights in and out."""
+"""Checkpoint interop: OpenAI, open_clip and Hugging Face weights in and out.
+
+    model, params, tokenizer = clipjax.convert.load_clip('path/to/clip-vit-base-patch32')
+    emb = model.apply({'params': params}, images_nhwc, method='encode_image')
+
+Formats: 'hf' (Hugging Face CLIP folder), 'openai' (OpenAI `.pt`, TorchScript or state dict),
+'open_clip' (open_clip `state_dict` checkpoint, ViT towers), 'bert' (HF BERT /
+sentence-transformers folder), 'llama' (HF Llama / Mistral / Qwen2 folder), 'clipjax' (our
+own folder, see `native`). Nothing is downloaded: every source is a local path.
+"""
+import json
+import os
+import zipfile
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipjax.convert import load
+from clipjax.convert.bert import load_bert
+from clipjax.convert.clip import export_hf_clip, load_hf_clip, load_openai_clip
+from clipjax.convert.io import CheckpointError, UnsafeCheckpointError, open_checkpoint
+from clipjax.convert.llama import MODEL_TYPES as LLAMA_TYPES, load_llama
+from clipjax.convert.native import load_native, save as save_native
+from clipjax.models.clip import CLIPModel
+
+FORMATS = ('hf', 'openai', 'open_clip', 'bert', 'llama', 'clipjax')
+
+
+def _folder(src):
+  return src if os.path.isdir(src) else os.path.dirname(src)
+
+
+def detect_format(src: str) -> str:
+  """Format of a local checkpoint from its config files or archive layout."""
+  folder = _folder(src)
+  if os.path.exists(os.path.join(folder, 'clipjax.json')):
+    return 'clipjax'
+  config_path = os.path.join(folder, 'config.json')
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      model_type = json.load(f).get('model_type')
+    if model_type == 'clip':
+      return 'hf'
+    if model_type == 'bert':
+      return 'bert'
+    if model_type in LLAMA_TYPES:
+      return 'llama'
+    raise CheckpointError(f'{config_path}: model_type {model_type!r} is not a supported format')
+  if os.path.isfile(src) and zipfile.is_zipfile(src):
+    with zipfile.ZipFile(src) as z:  # TorchScript archives carry their code: OpenAI's files.
+      return 'openai' if any('/code/' in n for n in z.namelist()) else 'open_clip'
+  if os.path.isfile(src):
+    return 'open_clip'
+  raise CheckpointError(f'{src}: cannot tell the checkpoint format; pass format= one of {FORMATS}')
+
+
+def load_tokenizer(path: Optional[str]):
+  """The data pipeline's `Tokenizer` from a folder holding tokenizer.json, else None."""
+  if path is None or not os.path.exists(os.path.join(_folder(path), 'tokenizer.json')):
+    return None
+  from clipjax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  return Tokenizer.load(_folder(path))
+
+
+def load_model(src: str, format: Optional[str] = None, dtype=jnp.float32,  # pylint: disable=redefined-builtin
+               tokenizer: Optional[str] = None, **options):
+  """(model, params, tokenizer) for any supported format.
+
+  tokenizer: folder or file with a tokenizer.json (default: beside `src`); None when absent.
+  options: placement (`shardings`, or `mesh` and `axis_rules`) and format options
+    (`act`, `vision_heads`, `text_heads` for openai/open_clip; `param_dtype` for llama).
+  """
+  format = format or detect_format(src)
+  if format == 'hf':
+    model, params = load_hf_clip(src, dtype, **options)
+  elif format in ('openai', 'open_clip'):
+    model, params = load_openai_clip(src, dtype, layout=format, **options)
+  elif format == 'bert':
+    model, params = load_bert(src, dtype, **options)
+  elif format == 'llama':
+    model, params = load_llama(src, dtype, **options)
+  elif format == 'clipjax':
+    model, params = load_native(_folder(src), dtype, **options)
+  else:
+    raise ValueError(f'unknown format {format!r}; use one of {FORMATS}')
+  return model, params, load_tokenizer(tokenizer or src)
+
+
+def load_clip(src: str, format: Optional[str] = None, dtype=jnp.float32,  # pylint: disable=redefined-builtin
+              tokenizer: Optional[str] = None, **options):
+  """(CLIPModel, params, tokenizer); `encode_image` / `encode_text` give embeddings before
+  L2 normalisation. OpenAI `.pt` files carry no tokenizer: pass `tokenizer=` a folder."""
+  model, params, tok = load_model(src, format, dtype, tokenizer, **options)
+  if not isinstance(model, CLIPModel):
+    raise CheckpointError(f'{src}: holds a {type(model).__name__}, not a CLIP model')
+  return model, params, tok
+
+
+def load_params(src: str, target, subtree: Optional[str] = None, format: Optional[str] = None,  # pylint: disable=redefined-builtin
+                shardings=None):
+  """Initialises `target` (a param tree, abstract or real) from a checkpoint of any format.
+
+  subtree: '/'-path inside the converted params, e.g. 'visual' to initialise an image tower
+    (or a teacher's) from a CLIP checkpoint. Every target parameter must be present with its
+    exact shape; a mismatch raises naming it. Values take the target's dtype and go to
+    `shardings` (a matching tree) or to the target's own `.sharding` when it has one.
+  """
+  _, params, _ = load_model(src, format)
+  for key in (subtree.split('/') if subtree else ()):
+    if key not in params:
+      raise CheckpointError(f'{src}: no subtree {subtree!r} (have {sorted(params)})')
+    params = params[key]
+  source, wanted = load.flat(params), load.flat(load.unbox(target))
+  problems = [f'{k}: missing' for k in wanted if k not in source]
+  problems += [f'{k}: checkpoint {source[k].shape} vs target {wanted[k].shape}'
+               for k in wanted if k in source and source[k].shape != wanted[k].shape]
+  problems += [f'{k}: not in target' for k in source if k not in wanted]
+  if problems:
+    raise CheckpointError(f'{src}: does not fit the target params: ' + '; '.join(problems))
+  flat_shardings = load.flat(shardings) if shardings is not None else {}
+  out = {}
+  for k, spec in wanted.items():
+    sharding = flat_shardings.get(k, getattr(spec, 'sharding', None))
+    out[k] = jax.device_put(np.asarray(source.pop(k)).astype(spec.dtype), sharding)
+  return load.unflat(out)
+
+
+__all__ = ['CheckpointError', 'UnsafeCheckpointError', 'FORMATS', 'detect_format', 'export_hf_clip',
+           'load_clip', 'load_model', 'load_params', 'load_tokenizer', 'open_checkpoint',
+           'save_native']

@@ -32,6 +32,13 @@ def flat(tree) -> Dict[str, object]:
   return traverse_util.flatten_dict(tree, sep='/')
 
 
+def unflat(flat_tree: Dict[str, object]) -> dict:
+  return traverse_util.unflatten_dict(flat_tree, sep='/')
+
+
+unbox = nn.meta.unbox
+
+
 def abstract_params(model: nn.Module, *args, method=None) -> dict:
   """Boxed (logical axes) `ShapeDtypeStruct` tree of `model`'s params, allocating nothing."""
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, method=method))['params']
@@ -75,7 +82,7 @@ def place(reader: Reader, rules: Dict[str, Rule], target: dict, shardings: Optio
   """
   if shardings is None and mesh is not None:
     shardings = mesh_shardings(target, mesh, axis_rules)
-  target = nn.meta.unbox(target)
+  target = unbox(target)
   check_plan(reader, rules, target, ignore)
   flat_target = flat(target)
   flat_shardings = flat(shardings) if shardings is not None else {}
@@ -98,7 +105,7 @@ def place(reader: Reader, rules: Dict[str, Rule], target: dict, shardings: Optio
     value = value.astype(spec.dtype, copy=False)
     out[path] = jax.device_put(value, flat_shardings.get(path))
     del value
-  return traverse_util.unflatten_dict(out, sep='/')
+  return unflat(out)
 
 
 # Rearrangements between PyTorch Linear weights [out, in] and Flax kernels.
