@@ -1,0 +1,110 @@
+"""End to end through `python -m clipjax.main`: exact resume after SIGKILL, preemption, errors."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ['--config.batch_size=16', '--config.data.train_num_samples=2000',
+         '--config.tokenizer.train_captions=300', '--config.eval_every=0',
+         '--config.log_every=1', '--config.checkpoint_every=5']
+
+
+def cli(workdir, *args):
+  return [sys.executable, '-m', 'clipjax.main', '--config', str(ROOT / 'configs/quickstart.py'),
+          '--workdir', str(workdir), *SMALL, *args]
+
+
+def run(workdir, *args, check=True):
+  proc = subprocess.run(cli(workdir, *args), capture_output=True, text=True, cwd=ROOT,
+                        timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  if check and proc.returncode:
+    raise AssertionError(proc.stderr[-4000:])
+  return proc
+
+
+def losses(workdir):
+  lines = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  return [(l['step'], l['loss']) for l in lines]
+
+
+def final_params(workdir, step):
+  return ocp.PyTreeCheckpointer().restore(Path(workdir) / 'checkpoints' / str(step) / 'state')
+
+
+def wait_for_step(workdir, proc, step, timeout=300):
+  path, t0 = Path(workdir) / 'metrics.jsonl', time.time()
+  while time.time() - t0 < timeout and proc.poll() is None:
+    if path.exists() and any(json.loads(l)['step'] >= step for l in path.read_text().splitlines() if l):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'run never reached step {step}')
+
+
+@pytest.mark.slow
+def test_sigkill_resume_is_bitwise_exact(tmp_path):
+  steps = '--config.total_steps=24'
+  run(tmp_path / 'ref', steps)
+  kill_at = random.Random().randint(7, 20)
+  proc = subprocess.Popen(cli(tmp_path / 'run', steps), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  wait_for_step(tmp_path / 'run', proc, kill_at)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert losses(tmp_path / 'run')[-1][0] < 24, 'killed too late to test anything'
+  run(tmp_path / 'run', steps)
+  assert losses(tmp_path / 'run') == losses(tmp_path / 'ref'), f'killed at step {kill_at}'
+  ref, got = final_params(tmp_path / 'ref', 24), final_params(tmp_path / 'run', 24)
+  flat_ref, flat_got = [jax_leaves(t) for t in (ref, got)]
+  assert len(flat_ref) == len(flat_got)
+  for a, b in zip(flat_ref, flat_got):
+    np.testing.assert_array_equal(a, b)
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree_util.tree_leaves(tree)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  proc = subprocess.Popen(cli(tmp_path, '--config.total_steps=1000', '--config.checkpoint_every=1000'),
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  wait_for_step(tmp_path, proc, 3)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == losses(tmp_path)[-1][0]
+  assert saved[-1] < 1000
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.not_a_key=1'], 'not_a_key'),
+    (['--config.total_steps=many'], 'total_steps'),
+    (['--config.method=nope'], "Unknown method 'nope'"),
+    (['--config.tokenizer.path=/no/such/tokenizer.json'], '/no/such/tokenizer.json'),
+])
+def test_bad_input_is_named(tmp_path, args, message):
+  proc = run(tmp_path, '--config.total_steps=2', *args, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+
+
+def test_non_finite_loss_stops_without_overwriting_checkpoint(tmp_path):
+  run(tmp_path, '--config.total_steps=5')
+  before = final_params(tmp_path, 5)
+  proc = run(tmp_path, '--config.total_steps=20', '--config.optim.lr=1e30',
+             '--config.optim.grad_clip=0', check=False)
+  assert proc.returncode != 0 and 'Non-finite' in proc.stderr
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [5]
+  for a, b in zip(jax_leaves(before), jax_leaves(final_params(tmp_path, 5))):
+    np.testing.assert_array_equal(a, b)
