@@ -52,19 +52,22 @@ def random_resized_crop_box(height, width, rng, scale, ratio):
   return x0, y0, x0 + w, y0 + h
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng, scale=DEFAULT_AUGMENT['scale'],
+def random_resized_crop(image, size: int, rng, scale=DEFAULT_AUGMENT['scale'],
                         ratio=DEFAULT_AUGMENT['ratio']) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [size, size, 3] (bicubic), CLIP's training crop."""
-  h, w = image.shape[:2]
-  box = random_resized_crop_box(h, w, rng, scale, ratio)
-  out = Image.fromarray(image).resize((size, size), Image.BICUBIC, box=box)
-  return np.asarray(out, np.uint8)
+  """uint8 [H, W, 3] or RGB PIL image -> uint8 [size, size, 3] (bicubic), CLIP's
+  training crop."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  box = random_resized_crop_box(image.height, image.width, rng, scale, ratio)
+  return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)
 
 
-def _to_size(image: np.ndarray, size: int) -> np.ndarray:
-  if image.shape[0] == size and image.shape[1] == size:
-    return image
-  return transforms.resize_center_crop(Image.fromarray(image), size)
+def _to_size(image, size: int) -> np.ndarray:
+  if isinstance(image, np.ndarray):
+    if image.shape[0] == size and image.shape[1] == size:
+      return image
+    image = Image.fromarray(image)
+  return transforms.resize_center_crop(image, size)
 
 
 class Preprocess:
@@ -74,7 +77,10 @@ class Preprocess:
   def __init__(self, tokenizer, context_length, image_size, augment, mean, std,
                extra_keys=(), decoder=None):
     self.tokenizer, self.context_length = tokenizer, context_length
-    self.image_size, self.mean, self.std = image_size, mean, std
+    self.image_size = image_size
+    # normalize() as one multiply-add: (x / 255 - mean) / std.
+    self.scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
+    self.offset = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
     self.augment = None if augment is None else {**DEFAULT_AUGMENT, **augment}
     self.extra_keys, self.decoder = tuple(extra_keys), decoder
 
@@ -89,8 +95,9 @@ class Preprocess:
     else:
       image = random_resized_crop(image, self.image_size, rng, self.augment['scale'],
                                   self.augment['ratio'])
-    out = {'image': transforms.normalize(image, self.mean, self.std),
-           'text': self._tokens(record['caption'])}
+    pixels = np.multiply(image, self.scale, dtype=np.float32)
+    pixels += self.offset
+    out = {'image': pixels, 'text': self._tokens(record['caption'])}
     for key in self.extra_keys:
       value = record[key]
       out[key] = self._tokens(value) if isinstance(value, str) else np.asarray(value)
