@@ -313,3 +313,37 @@ def test_label_noise_in_shard_windows(tmp_path):
   raws = [next(it) for _ in range(40)]
   swapped = sum(json.loads(r['json'])['caption'] != r['txt'].decode() for r in raws)
   assert 16 <= swapped <= 20  # 10 chosen per window of 20; a swap can land on an equal caption
+
+
+# ------------------------------------------------------------------------------ TFDS
+
+def test_tfds_source_reads_prepared_array_record_dataset(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+
+  class ClipjaxTinyColours(tfds.core.GeneratorBasedBuilder):
+    """Six flat images; tfds.features.Tensor so that preparing needs no TensorFlow."""
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Tensor(shape=(8, 8, 3), dtype=np.uint8),
+          'label': tfds.features.ClassLabel(names=['dark', 'light'])}))
+
+    def _split_generators(self, dl_manager):
+      return {'test': self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(6):
+        yield i, {'image': np.full((8, 8, 3), 40 * i, np.uint8), 'label': int(i >= 3)}
+
+  ClipjaxTinyColours(data_dir=str(tmp_path), file_format='array_record').download_and_prepare(
+      download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  source = sources.TfdsSource('clipjax_tiny_colours', split='test', data_dir=str(tmp_path))
+  assert len(source) == 6 and source.classnames == ['dark', 'light']
+  values = sorted((int(source[i]['image'][0, 0, 0]), int(source[i]['label'])) for i in range(6))
+  assert values == [(40 * i, int(i >= 3)) for i in range(6)]
+  assert source[0]['image'].dtype == np.uint8 and source[0]['image'].shape == (8, 8, 3)
+  with pytest.raises(KeyError, match="no split 'train'"):
+    sources.TfdsSource('clipjax_tiny_colours', split='train', data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    sources.TfdsSource('clipjax_tiny_colours', split='test', data_dir=str(tmp_path / 'no'))

@@ -415,9 +415,15 @@ class TfdsSource:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if not os.path.isdir(data_dir):
       raise FileNotFoundError(f'TFDS data dir {data_dir!r} does not exist')
-    builder = tfds.builder(name, data_dir=data_dir)
-    self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    self.image_key, self.label_key = image_key, label_key
+    try:  # registered builders, else read-only from the prepared files
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      raise FileNotFoundError(f'TFDS dataset {name!r} not found in {data_dir!r}: {e}') from e
+    if split not in builder.info.splits:
+      raise KeyError(f'TFDS dataset {name!r} in {data_dir!r} has no split {split!r}; '
+                     f'splits: {list(builder.info.splits)}')
+    self._source = builder.as_data_source(split=split)
+    self.name, self.image_key, self.label_key = name, image_key, label_key
     label = builder.info.features[label_key]
     self.classnames = list(getattr(label, 'names', []) or [])
 
