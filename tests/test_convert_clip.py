@@ -227,6 +227,11 @@ def test_missing_or_misshapen_tensor_is_named(hf_model, tmp_path):
   with pytest.raises(CheckpointError, match=name.replace('.', r'\.') + r'.*needs \(32, 37\)'):
     convert_clip.load_hf_clip(str(tmp_path))
   hf_model.save_pretrained(tmp_path)
+  q = 'vision_model.encoder.layers.0.self_attn.q_proj.weight'  # Fails its head split.
+  _rewrite(weights, weights, lambda t: dict(t, **{q: t[q][:-1]}))
+  with pytest.raises(CheckpointError, match=q.replace('.', r'\.') + r'.*\(31, 32\)'):
+    convert_clip.load_hf_clip(str(tmp_path))
+  hf_model.save_pretrained(tmp_path)
   _rewrite(weights, weights, lambda t: dict(t, extra=np.zeros(3, np.float32)))
   with pytest.raises(CheckpointError, match='unexpected tensors.*extra'):
     convert_clip.load_hf_clip(str(tmp_path))

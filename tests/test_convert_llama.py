@@ -66,6 +66,24 @@ def test_hidden_states_match_torch(tmp_path, kind, extra):
     assert np.abs((np.asarray(ours) - theirs.numpy()) * real).max() < TOL
 
 
+def test_bfloat16_sharded_checkpoint(tmp_path):
+  """Published decoders are bf16 and split over several files with an index."""
+  hf = save_tiny('qwen2', tmp_path / 'f32')
+  hf.to(torch.bfloat16).save_pretrained(tmp_path / 'bf16', max_shard_size='20KB')
+  assert (tmp_path / 'bf16' / 'model.safetensors.index.json').exists()
+  model, params = convert_llama.load_llama(str(tmp_path / 'bf16'), param_dtype=jnp.bfloat16)
+  _, reference = convert_llama.load_llama(str(tmp_path / 'f32'))
+  for path in ('token_embed', 'layer_1/key/bias', 'layer_2/down/kernel'):
+    ours, ref = params, reference
+    for key in path.split('/'):
+      ours, ref = ours[key], ref[key]
+    assert ours.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(ours, np.asarray(ref).astype(jnp.bfloat16))
+  ids, _ = inputs()
+  last, _ = model.apply({'params': params}, jnp.asarray(ids))
+  assert last.dtype == jnp.float32 and np.isfinite(last).all()
+
+
 def test_custom_mask_separates_segments(tmp_path):
   """A block-diagonal causal mask (FLAME-style facets) equals encoding each segment alone."""
   save_tiny('llama', tmp_path)

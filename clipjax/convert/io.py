@@ -11,10 +11,9 @@ import collections
 import json
 import os
 import pickle
-import re
 import struct
 import zipfile
-from typing import Dict, Iterable, Iterator, Tuple
+from typing import Dict, Iterable, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -257,12 +256,18 @@ class TorchZipReader(Reader):
   def read(self, name):
     t = self._tensors[name]
     dtype = t.storage.dtype
-    data = np.frombuffer(self._zip.read(f'{self._prefix}data/{t.storage.key}'), dtype)
-    if data.size < t.storage.numel:
-      raise CheckpointError(f'{self.path}: storage of tensor {name!r} is truncated')
+    data = aligned_empty((t.storage.numel,), dtype)
+    with self._zip.open(f'{self._prefix}data/{t.storage.key}') as f:
+      if f.readinto(data.view(np.uint8)) != data.nbytes:
+        raise CheckpointError(f'{self.path}: storage of tensor {name!r} is truncated')
+    numel = int(np.prod(t.shape))
+    contiguous = tuple(int(np.prod(t.shape[i + 1:])) for i in range(len(t.shape)))
+    if t.offset == 0 and numel == data.size and (numel <= 1 or t.stride == contiguous):
+      return data.reshape(t.shape)  # The usual case: the tensor owns its whole storage.
+    if t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride) if n) >= data.size:
+      raise CheckpointError(f'{self.path}: tensor {name!r} reaches past its storage')
     strides = tuple(s * dtype.itemsize for s in t.stride)
-    view = np.lib.stride_tricks.as_strided(data[t.offset:], t.shape, strides)
-    return np.array(view)
+    return np.array(np.lib.stride_tricks.as_strided(data[t.offset:], t.shape, strides))
 
   def close(self):
     self._zip.close()
@@ -353,6 +358,3 @@ class _ChainReader(Reader):
     for r in self._readers:
       r.close()
 
-
-def matching(names: Iterable[str], patterns) -> Iterator[str]:
-  return (n for n in names if any(re.search(p, n) for p in patterns))

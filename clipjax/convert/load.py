@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -92,11 +93,16 @@ def place(reader: Reader, rules: Dict[str, Rule], target: dict, shardings: Optio
     arrays = []
     for s in r.sources:
       shape, dtype = reader.shapes[s]
-      if np.issubdtype(np.dtype(spec.dtype), np.floating) != np.issubdtype(dtype, np.floating):
+      if jnp.issubdtype(spec.dtype, jnp.floating) != jnp.issubdtype(dtype, jnp.floating):
         raise CheckpointError(f'{reader.path}: tensor {s!r} has dtype {dtype}, '
                               f'target {path} needs {np.dtype(spec.dtype)}')
       arrays.append(reader.read(s))
-    value = np.asarray(r.fn(*arrays))
+    try:
+      value = np.asarray(r.fn(*arrays))
+    except ValueError as e:  # A misshapen source fails its head split / q,k,v unpacking.
+      raise CheckpointError(
+          f'{reader.path}: tensor {", ".join(r.sources)} {[a.shape for a in arrays]} cannot be '
+          f'rearranged for {path}, which needs {tuple(spec.shape)}: {e}') from None
     if value.shape != tuple(spec.shape):
       raise CheckpointError(
           f'{reader.path}: tensor {", ".join(r.sources)} {[a.shape for a in arrays]} gives shape '

@@ -1,0 +1,43 @@
+"""Tensor readers: torch archives read without torch match torch's own view of them."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+from clipjax.convert.io import open_checkpoint, write_safetensors
+
+torch = pytest.importorskip('torch')
+
+
+def test_torch_zip_views_offsets_and_dtypes(tmp_path):
+  base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+  tensors = {
+      'base': base, 'rows': base[1:3], 'transposed': base.t(), 'strided': base[:, ::2],
+      'scalar': torch.tensor(2.5), 'half': torch.randn(3, 2).half(),
+      'bf16': torch.randn(5).bfloat16(), 'ids': torch.arange(7), 'empty': torch.zeros(0, 3),
+  }
+  path = str(tmp_path / 'views.pt')
+  torch.save(tensors, path)
+  with open_checkpoint(path) as reader:
+    assert set(reader.keys()) == set(tensors)
+    for name, t in tensors.items():
+      ours = reader.read(name)
+      ref = t.float().numpy().astype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
+      assert ours.dtype == ref.dtype and ours.shape == ref.shape, name
+      np.testing.assert_array_equal(ours, ref, err_msg=name)
+
+
+def test_safetensors_round_trip_streams_a_generator(tmp_path):
+  arrays = {'w': np.arange(12, dtype=np.float32).reshape(3, 4), 'scale': np.float32(3.0),
+            'b': np.ones(5, ml_dtypes.bfloat16), 'ids': np.arange(4, dtype=np.int64)}
+  shapes = {k: (np.shape(v), np.asarray(v).dtype) for k, v in arrays.items()}
+  path = str(tmp_path / 'x.safetensors')
+  write_safetensors(path, ((k, np.asarray(v)) for k, v in arrays.items()), shapes)
+  with open_checkpoint(path) as reader:
+    for k, v in arrays.items():
+      out = reader.read(k)
+      assert out.dtype == np.asarray(v).dtype and out.ctypes.data % 64 == 0
+      np.testing.assert_array_equal(out, v)
+  from safetensors.numpy import load_file  # The reference implementation reads ours too.
+  loaded = load_file(path)
+  np.testing.assert_array_equal(loaded['w'], arrays['w'])
+  assert loaded['scale'].shape == ()
