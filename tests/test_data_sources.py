@@ -287,6 +287,30 @@ def test_missing_paths_stop_with_clear_errors(tmp_path):
     pipeline.make_source({'format': 'wds', 'train': ''})
 
 
+def test_extra_columns_from_shards(tmp_path):
+  path = str(tmp_path / '00000.tar')
+  samples = []
+  for i in range(4):
+    emb = io.BytesIO()
+    np.save(emb, np.full((3,), i, np.float32))
+    samples.append((f'k{i}', {'jpg': _encode(_photo(i), 'JPEG'), 'txt': f'a photo {i}',
+                              'caption2.txt': f'another view {i}', 'emb.npy': emb.getvalue(),
+                              'json': json.dumps({'uid': 100 + i})}))
+  _write_tar(path, samples)
+  extra = {'caption2': 'caption2.txt', 'text_emb': 'emb.npy', 'sid': 'json.uid:int'}
+  source = pipeline.make_source({'format': 'wds', 'train': path, 'extra_columns': extra})
+  tok = _tokenizer()
+  loader = pipeline.make_train_loader(
+      source, tokenizer=tok, context_length=10, image_size=16, global_batch_size=4, seed=0,
+      shuffle_buffer=4, **pipeline.loader_kwargs({'extra_columns': extra}))
+  batch = next(loader)
+  order = batch['sid'] - 100
+  assert sorted(order) == [0, 1, 2, 3] and batch['sid'].dtype == np.int64
+  np.testing.assert_array_equal(batch['text_emb'], np.repeat(order[:, None], 3, 1))
+  np.testing.assert_array_equal(batch['caption2'],
+                                tok([f'another view {i}' for i in order], 10))
+
+
 # ----------------------------------------------------------------------- label noise
 
 def test_label_noise_swaps_a_fixed_fraction_of_captions():

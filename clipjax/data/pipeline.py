@@ -322,8 +322,11 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
   preprocess = Preprocess(tokenizer, context_length, image_size, augment, mean, std,
                           extra_keys, decoder)
   if hasattr(source, 'shards'):
+    # Open no more shards at once than a worker reads per epoch, so that interleaving
+    # never puts two epochs of the same shard side by side.
+    per_worker = len(source.shards) // (process_count * max(1, worker_count))
     ds = _shard_stream(source, seed, process_index, process_count, shuffle_buffer,
-                       cycle_length, label_noise)
+                       max(1, min(cycle_length, per_worker)), label_noise)
   else:
     ds = _index_stream(source, seed, process_index, process_count, label_noise,
                        read_threads, global_batch_size)

@@ -122,6 +122,8 @@ def decode_image(data: bytes, *, draft_size: int | None = None, min_side: int = 
     return np.asarray(image, np.uint8) if as_array else image
   except BadSample:
     raise
+  except Image.DecompressionBombError as e:
+    raise BadSample('image_too_large') from e
   except Exception as e:  # PIL raises many types for broken files # pylint: disable=broad-except
     raise BadSample('decode_error') from e
 
