@@ -249,6 +249,14 @@ def test_encoder_matches_model_and_compiles_once(tiny, encoder):
   assert encoder._encode_text._cache_size() == 1  # pylint: disable=protected-access
   with pytest.raises(ValueError, match='uint8'):
     encoder.encode_images(images.astype(np.float32))
+  other = model.init(jax.random.PRNGKey(1), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)),
+                     jnp.zeros((1, CONTEXT), jnp.int32))['params']
+  try:
+    encoder.params = other  # a later training state: new numbers, same compiled program
+    assert np.abs(encoder.encode_images(images[:5]) - got[:5]).max() > 1e-2
+    assert encoder._encode_image._cache_size() == 1  # pylint: disable=protected-access
+  finally:
+    encoder.params = params
 
 
 # ---------------------------------------------------------------- linear probe

@@ -110,7 +110,7 @@ def _to_pil(image: np.ndarray) -> Image.Image:
   return Image.fromarray(image.astype(np.uint8))
 
 
-def _decode_parallel(fn, items, num_workers: int) -> np.ndarray:
+def decode_parallel(fn, items, num_workers: int) -> np.ndarray:
   """PIL decoding and resizing release the GIL, so threads scale on the host cores."""
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
     return np.stack(list(pool.map(fn, items)))
@@ -166,7 +166,7 @@ def image_folder(root: str, image_size: int, classnames=None, num_workers: int =
 
   def get(idx):
     idx = np.asarray(idx)
-    return _decode_parallel(load, [paths[i] for i in idx], num_workers), labels[idx]
+    return decode_parallel(load, [paths[i] for i in idx], num_workers), labels[idx]
 
   return ImageSet(names, list(DEFAULT_TEMPLATES), len(paths), get)
 

@@ -33,7 +33,8 @@ class Encoder:
   Both model methods are jitted once; the last batch is padded to `batch_size` so a
   dataset of any length compiles exactly one program per tower. Parameters may be
   sharded jax Arrays; `batch_sharding` (optional) places each input batch, e.g. over the
-  mesh's data axes, and must divide `batch_size`.
+  mesh's data axes, and must divide `batch_size`. Assigning `encoder.params` (same tree
+  and shardings, e.g. a later training state) reuses the compiled programs.
   """
 
   def __init__(self, model, params, tokenizer: Callable, *, context_length: int,

@@ -82,9 +82,8 @@ def plot_run(workdir: str) -> str:
 
   Eval points come from eval_history.jsonl, or from eval.json when there is no history.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure renders with Agg and leaves pyplot's global backend alone (notebooks).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   train_rows = read_jsonl(os.path.join(workdir, METRICS))
   eval_rows = read_jsonl(os.path.join(workdir, EVAL_HISTORY))
@@ -106,7 +105,8 @@ def plot_run(workdir: str) -> str:
   panels += sorted(groups.items())
   cols = min(3, len(panels))
   rows = math.ceil(len(panels) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
+  fig = Figure(figsize=(5 * cols, 3.5 * rows))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax, (title, lines) in zip(axes.flat, panels):
     for label, (steps, values) in lines.items():
       ax.plot(steps, values, marker='o' if len(steps) < 30 else None, label=label)
@@ -122,5 +122,4 @@ def plot_run(workdir: str) -> str:
   fig.tight_layout()
   path = os.path.join(workdir, CURVES_PNG)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path

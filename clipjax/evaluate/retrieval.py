@@ -53,7 +53,7 @@ def karpathy(json_path: str, images_dir: str, image_size: int, split: str = 'tes
       return resize_center_crop(image, image_size)
 
   def get(idx):
-    return datasets._decode_parallel(load, [paths[i] for i in idx], num_workers)  # pylint: disable=protected-access
+    return datasets.decode_parallel(load, [paths[i] for i in idx], num_workers)
 
   return CaptionedSet(len(paths), get, captions, text_to_image)
 
