@@ -45,7 +45,10 @@ def folder_samples(images: str, captions: str | None, img_key: str, caption_key:
       if ext.lower().lstrip('.') not in sources.IMAGE_EXTS:
         continue
       txt = os.path.join(root, stem + '.txt')
-      caption = open(txt, encoding='utf-8').read() if os.path.exists(txt) else ''
+      caption = ''
+      if os.path.exists(txt):
+        with open(txt, encoding='utf-8') as f:
+          caption = f.read()
       pairs.append((os.path.relpath(os.path.join(root, name), images), caption))
   return sorted(pairs)
 

@@ -5,6 +5,7 @@ extension -> bytes: 'jpg', 'txt', 'json', ...) and are decoded by `decode_record
 {'image': uint8 [H, W, 3], 'caption': str, ...}. Anything unusable becomes
 {SKIP_KEY: reason} instead of raising, so the pipeline can drop and count it.
 """
+import abc
 import csv
 import io
 import json
@@ -20,7 +21,8 @@ from PIL import Image
 
 SKIP_KEY = '_skip_reason'
 IMAGE_EXTS = ('jpg', 'jpeg', 'png', 'webp')
-# Reasons a sample is skipped, as counted under data/skipped/<reason>.
+# Reasons a sample is skipped, as counted under data/skipped/<reason>; a missing
+# declared extra column counts as missing_<column>.
 REASONS = ('missing_image', 'decode_error', 'image_too_small', 'image_too_large',
            'missing_caption', 'empty_caption', 'bad_utf8', 'truncated_tar', 'missing_file')
 
@@ -300,13 +302,18 @@ class TarShardSource:
 
 # ----------------------------------------------------------------- map-style sources
 
-class _MapSource:
+class _MapSource(abc.ABC):
   """Shared parts of random-access sources: decoded records with a sample index."""
 
   decoder: RecordDecoder
 
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """Number of records."""
+
+  @abc.abstractmethod
   def raw(self, index: int) -> dict:
-    raise NotImplementedError
+    """Record `index` in the WebDataset layout (or a skip marker)."""
 
   def __getitem__(self, index: int) -> dict:
     record = self.decoder(self.raw(index))
