@@ -140,3 +140,24 @@ def test_peak_host_memory_of_a_300mb_load(tmp_path):
   print(f'file {size / 1e6:.0f} MB; host memory: idle {base / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB '
         f'(+{growth / 1e6:.0f} MB = {growth / size:.2f}x file), after load {final / 1e6:.0f} MB')
   assert growth < 1.3 * size
+
+
+def test_native_folder_round_trips_bert_and_llama(tmp_path):
+  """Every importable model also saves to, and reloads from, our own folder format."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  torch.manual_seed(0)
+  transformers.Qwen2Model(transformers.Qwen2Config(
+      vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+      num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / 'qwen')
+  transformers.BertModel(transformers.BertConfig(
+      vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=24, max_position_embeddings=8)).save_pretrained(tmp_path / 'bert')
+  ids = jnp.asarray(np.random.RandomState(0).randint(0, 32, (2, 6)), jnp.int32)
+  for name in ('qwen', 'bert'):
+    model, params, _ = convert.load_model(str(tmp_path / name))
+    cli.main(['--from', 'auto', str(tmp_path / name), '--to', str(tmp_path / f'{name}-native')])
+    model2, params2, _ = convert.load_model(str(tmp_path / f'{name}-native'))
+    assert model2 == model
+    np.testing.assert_array_equal(model.apply({'params': params}, ids)[0],
+                                  model2.apply({'params': params2}, ids)[0])

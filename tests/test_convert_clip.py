@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clipjax import convert
 from clipjax.convert import clip as convert_clip
 from clipjax.convert.io import CheckpointError, UnsafeCheckpointError, open_checkpoint, write_safetensors
 
@@ -187,6 +188,19 @@ def test_openai_and_open_clip_import(quick_hf, tmp_path, layout):
   assert model.vision['image_size'] == 16 and model.text['eot_token_id'] is None
   ids, images = inputs()
   ids[:, -1] = EOS  # OpenAI pools at argmax(ids): make it the EOT position.
+  assert_close(our_outputs(model, params, ids, images), torch_outputs(quick_hf, ids, images))
+
+
+def test_open_clip_config_gives_act_and_heads(quick_hf, tmp_path):
+  torch.save(openai_state_dict(quick_hf), tmp_path / 'open_clip_pytorch_model.bin')
+  (tmp_path / 'open_clip_config.json').write_text(json.dumps(dict(model_cfg=dict(
+      embed_dim=24, quick_gelu=True, vision_cfg=dict(width=32, head_width=8, layers=2),
+      text_cfg=dict(width=32, heads=4, layers=2)))))
+  assert convert.detect_format(str(tmp_path)) == 'open_clip'
+  model, params, _ = convert.load_clip(str(tmp_path))
+  assert (model.vision['act'], model.vision['heads'], model.text['heads']) == ('quick_gelu', 4, 4)
+  ids, images = inputs()
+  ids[:, -1] = EOS
   assert_close(our_outputs(model, params, ids, images), torch_outputs(quick_hf, ids, images))
 
 

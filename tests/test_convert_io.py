@@ -1,4 +1,6 @@
 """Tensor readers: torch archives read without torch match torch's own view of them."""
+import json
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -41,3 +43,17 @@ def test_safetensors_round_trip_streams_a_generator(tmp_path):
   loaded = load_file(path)
   np.testing.assert_array_equal(loaded['w'], arrays['w'])
   assert loaded['scale'].shape == ()
+
+
+def test_sharded_torch_bin_index(tmp_path):
+  """Large PyTorch checkpoints split over files listed in pytorch_model.bin.index.json."""
+  parts = {'pytorch_model-00001-of-00002.bin': {'a': torch.ones(2, 3)},
+           'pytorch_model-00002-of-00002.bin': {'b': torch.arange(4.0)}}
+  weight_map = {}
+  for file, tensors in parts.items():
+    torch.save(tensors, tmp_path / file)
+    weight_map.update({k: file for k in tensors})
+  (tmp_path / 'pytorch_model.bin.index.json').write_text(json.dumps(dict(weight_map=weight_map)))
+  with open_checkpoint(str(tmp_path)) as reader:
+    assert sorted(reader.keys()) == ['a', 'b'] and reader.shapes['a'] == ((2, 3), np.float32)
+    np.testing.assert_array_equal(reader.read('b'), np.arange(4.0, dtype=np.float32))

@@ -37,6 +37,8 @@ def detect_format(src: str) -> str:
   folder = _folder(src)
   if os.path.exists(os.path.join(folder, 'clipjax.json')):
     return 'clipjax'
+  if os.path.exists(os.path.join(folder, 'open_clip_config.json')):
+    return 'open_clip'
   config_path = os.path.join(folder, 'config.json')
   if os.path.exists(config_path):
     with open(config_path) as f:

@@ -267,14 +267,38 @@ def load_hf_clip(path: str, dtype=jnp.float32, **placement):
   return model, params
 
 
+def open_clip_options(folder: str) -> dict:
+  """act / heads from an open_clip_config.json beside the weights (open_clip hub folders)."""
+  path = os.path.join(folder, 'open_clip_config.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    cfg = json.load(f).get('model_cfg', {})
+  vision, text = cfg.get('vision_cfg', {}), cfg.get('text_cfg', {})
+  if isinstance(vision.get('layers'), (list, tuple)) or 'hf_model_name' in text:
+    raise CheckpointError(f'{path}: ResNet image towers and HF text towers are unsupported')
+  options = dict(act='quick_gelu' if cfg.get('quick_gelu') else 'gelu')
+  if 'width' in vision:
+    options['vision_heads'] = vision['width'] // vision.get('head_width', 64)
+  if 'heads' in text:
+    options['text_heads'] = text['heads']
+  return options
+
+
 def load_openai_clip(path: str, dtype=jnp.float32, act: Optional[str] = None, vision_heads=None,
                      text_heads=None, layout='openai', **placement):
   """(model, params) from an OpenAI `.pt` (TorchScript or state dict) or open_clip checkpoint.
 
   act: MLP activation; OpenAI models use quick_gelu, most open_clip-trained models gelu.
+  vision_heads / text_heads: default to an open_clip_config.json beside the weights, else
+    width // 64 (OpenAI's and open_clip's default head width).
   placement: `shardings`, or `mesh` (+ `axis_rules`): see `load.place`.
   """
-  act = act or ('quick_gelu' if layout == 'openai' else 'gelu')
+  folder = path if os.path.isdir(path) else os.path.dirname(path) or '.'
+  found = open_clip_options(folder) if layout == 'open_clip' else {}
+  act = act or found.get('act') or ('quick_gelu' if layout == 'openai' else 'gelu')
+  vision_heads = vision_heads or found.get('vision_heads')
+  text_heads = text_heads or found.get('text_heads')
   with open_checkpoint(path) as reader:
     spec = openai_clip_spec(reader, act, vision_heads, text_heads)
     model = build(spec, dtype)

@@ -308,7 +308,7 @@ def _legacy_torch_reader(path):
 
 
 WEIGHT_FILES = ('model.safetensors.index.json', 'model.safetensors', 'pytorch_model.bin.index.json',
-                'pytorch_model.bin')
+                'pytorch_model.bin', 'open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
 
 
 def find_weights(folder: str) -> str:

@@ -40,12 +40,12 @@ def llama_spec(config: dict, where='config.json') -> dict:
               out_bias=bool(config.get('attention_bias')), sliding_window=window)
 
 
-def llama_rules(spec: dict) -> dict:
-  """{our path: Rule} for HF `model.*` decoder names."""
-  rules = {'token_embed': load.rule('model.embed_tokens.weight'),
-           'ln_final/scale': load.rule('model.norm.weight')}
+def llama_rules(spec: dict, prefix: str = 'model.') -> dict:
+  """{our path: Rule} for HF decoder names (`prefix` is '' for a bare LlamaModel)."""
+  rules = {'token_embed': load.rule(f'{prefix}embed_tokens.weight'),
+           'ln_final/scale': load.rule(f'{prefix}norm.weight')}
   for i in range(spec['layers']):
-    ours, theirs = f'layer_{i}', f'model.layers.{i}'
+    ours, theirs = f'layer_{i}', f'{prefix}layers.{i}'
     for name, proj, heads in (('query', 'q_proj', spec['heads']), ('key', 'k_proj', spec['kv_heads']),
                               ('value', 'v_proj', spec['kv_heads'])):
       rules[f'{ours}/{name}/kernel'] = load.rule(f'{theirs}.self_attn.{proj}.weight',
@@ -81,6 +81,7 @@ def load_llama(path: str, dtype=jnp.float32, param_dtype=jnp.float32, **placemen
     spec = llama_spec(json.load(f), config_path)
   model = LlamaEncoder(dtype=dtype, param_dtype=param_dtype, **spec)
   with open_checkpoint(path) as reader:
-    params = load.place(reader, llama_rules(spec), llama_target(model), ignore=IGNORE,
+    prefix = 'model.' if 'model.embed_tokens.weight' in reader else ''
+    params = load.place(reader, llama_rules(spec, prefix), llama_target(model), ignore=IGNORE,
                         **placement)
   return model, params
