@@ -8,6 +8,8 @@ about the size and decode cost of a CC3M/LAION image) to a temporary folder, the
   decode       JPEG decode alone, full size and with the DCT-scaled fast path;
   sample       decode + random resized crop + normalise + tokenize, one core;
   loader       the whole grain loader (tar reading, shuffle, batching) with N workers.
+decode and sample are images per CPU-second (process time), i.e. per core whatever else
+runs; loader rates are wall-clock, so they depend on the cores actually free.
 Given the examples/s one accelerator's train step consumes (benchmarks/train_step.py),
 prints how many host cores keep it fed.
 """
@@ -45,12 +47,13 @@ def write_shards(folder, num, shard_size, seed=0) -> str:
   return writer.pattern()
 
 
-def rate(fn, items, repeats=1) -> float:
-  start = time.perf_counter()
-  for _ in range(repeats):
-    for item in items:
-      fn(item)
-  return repeats * len(items) / (time.perf_counter() - start)
+def rate(fn, items) -> float:
+  """Images per CPU-second of this process: per-core throughput, unaffected by other
+  load on the machine (wall-clock rates are not)."""
+  start = time.process_time()
+  for item in items:
+    fn(item)
+  return len(items) / (time.process_time() - start)
 
 
 def main(argv=None):
@@ -99,6 +102,7 @@ def main(argv=None):
   print(f'{"stage":<22} {"images/s":>10}')
   labels = {'decode_full': 'decode (full size)', 'decode_draft': 'decode (DCT fast path)',
             'sample': 'decode+augment, 1 core'}
+  print('(decode/sample: per CPU-second; loader: wall clock)')
   for key, value in results.items():
     label = labels.get(key, key.replace('loader_workers', 'loader, workers='))
     print(f'{label:<22} {value:>10.0f}')

@@ -42,6 +42,8 @@ def test_expand_urls_braces_joins_and_globs(tmp_path):
     sources.expand_urls(f'{root}/c-*.tar')
   with pytest.raises(ValueError, match='data.train is empty'):
     sources.expand_urls('')
+  with pytest.raises(FileNotFoundError, match='empty shard list'):
+    sources.expand_urls(f'{root}/a-{{005..002}}.tar')
 
 
 # ---------------------------------------------------------------------------- decode

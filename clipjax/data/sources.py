@@ -75,6 +75,8 @@ def expand_urls(spec: str) -> list:
         urls.extend(protocol + f if protocol and '://' not in f else f for f in found)
       else:
         urls.append(url)
+  if not urls:
+    raise FileNotFoundError(f'data.train={spec!r} expands to an empty shard list')
   _check_exist(urls, spec)
   return urls
 
