@@ -29,3 +29,20 @@ def base_config() -> ConfigDict:
 def synthetic_data(train_num_samples: int) -> ConfigDict:
   return ConfigDict(dict(format='synthetic', train='', train_num_samples=train_num_samples,
                          num_workers=0, augment=dict(scale=(0.9, 1.0))))
+
+
+def load_config(path: str, arg: str = None) -> ConfigDict:
+  """`get_config(arg)` of a config file by path, for notebooks, tests and benchmarks.
+
+  `path` may be given as `file.py:arg`, as on the command line.
+  """
+  import importlib.util
+  import os
+  if arg is None and ':' in os.path.basename(path):
+    path, arg = path.rsplit(':', 1)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Config file not found: {path}')
+  spec = importlib.util.spec_from_file_location(f'_clipjax_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()

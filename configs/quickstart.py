@@ -17,7 +17,8 @@ def get_config(method: str = 'clip') -> ConfigDict:
   c.eval_every = 100
   c.checkpoint_every = 100
 
-  c.model = ConfigDict(dict(name='tiny', image_size=32, context_length=24, dtype='float32',
+  c.model = ConfigDict(dict(name='tiny', image_size=32, patch_size=8, context_length=24,
+                            pool='cls', dtype='float32',
                             remat=False))
   c.tokenizer.vocab_size = 512
   c.data = common.synthetic_data(train_num_samples=50_000)

@@ -1,31 +1,28 @@
 """Train step: sharded equals single-device, accumulation is exact, optimizer policies hold."""
 import json
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 
-from configs.quickstart import get_config
 from clipjax import sharding
+from clipjax.config_base import load_config
 from clipjax.train.loop import Trainer
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / 'configs/quickstart.py'
+
+
 def tiny_config(**overrides):
-  c = get_config()
+  c = load_config(str(QUICKSTART))
   c.batch_size = 16
   c.data.train_num_samples = 2000
   c.tokenizer.train_captions = 300
   c.loss_implementation = 'xla'
   c.evals = {}
-  for k, v in overrides.items():
-    node, *path = k.split('.')
-    target = c
-    for p in [node] + path[:-1]:
-      target = target[p] if path else target
-    if path:
-      target[path[-1]] = v
-    else:
-      c[k] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 

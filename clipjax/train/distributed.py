@@ -1,15 +1,111 @@
-"""Multi-controller start-up: `jax.distributed.initialize()` only when the launcher says so."""
+"""Multi-controller start-up: one process per host joins a `jax.distributed` process group.
+
+A single-process run needs none of it. The group is described by, first match wins:
+1. explicit arguments (`--coordinator_address --num_processes --process_id` in main.py);
+2. the variables our launchers export: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+   JAX_PROCESS_ID (launch/local_multiprocess.sh, launch/slurm_gpu.sbatch);
+3. a cluster JAX detects by itself: SLURM (`srun` with more than one task), Open MPI,
+   a multi-host TPU slice (TPU_WORKER_HOSTNAMES with several hosts, multislice
+   MEGASCALE_COORDINATOR_ADDRESS), or CLIPJAX_DISTRIBUTED=1 (launch/tpu_pod.sh: JAX reads
+   the slice from the TPU VM metadata server).
+
+Failure is bounded: connecting gives up after `init_timeout` seconds (CLIPJAX_INIT_TIMEOUT),
+and once running, a process whose peers miss heartbeats for `heartbeat_timeout` seconds
+(CLIPJAX_HEARTBEAT_TIMEOUT) is terminated by the JAX coordination service, so a dead peer
+or coordinator never leaves the others hanging in a collective.
+"""
+import logging
 import os
 
 import jax
 
-# Variables set by our launch scripts, SLURM, or a TPU pod runtime.
-_MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES',
-                     'MEGASCALE_COORDINATOR_ADDRESS')
+log = logging.getLogger(__name__)
+
+DEFAULT_INIT_TIMEOUT = 300
+DEFAULT_HEARTBEAT_TIMEOUT = 100
 
 
-def initialize() -> None:
-  if os.environ.get('SLURM_NTASKS', '1') == '1' and not any(
-      os.environ.get(k) for k in _MULTIPROCESS_ENV if k != 'SLURM_NTASKS'):
-    return
-  jax.distributed.initialize()
+class DistributedInitError(RuntimeError):
+  pass
+
+
+def _env_int(env, key):
+  value = env.get(key)
+  if value in (None, ''):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise DistributedInitError(f'Environment variable {key}={value!r} is not an integer') from None
+
+
+def _slurm_tasks(env):
+  """Tasks of the current `srun` step (None outside one: the batch script itself)."""
+  if 'SLURM_STEP_NODELIST' not in env or 'SLURM_PROCID' not in env:
+    return None
+  return _env_int(env, 'SLURM_STEP_NUM_TASKS') or _env_int(env, 'SLURM_NTASKS')
+
+
+def resolve(coordinator_address=None, num_processes=None, process_id=None, env=None):
+  """-> kwargs for `jax.distributed.initialize` (empty: let JAX detect the cluster), or None
+  for a single-process run. Raises DistributedInitError for a half-specified group."""
+  env = os.environ if env is None else env
+  source = 'flags --coordinator_address/--num_processes/--process_id'
+  given = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+               process_id=process_id)
+  if all(v is None for v in given.values()):
+    source = 'environment JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID'
+    given = dict(coordinator_address=env.get('JAX_COORDINATOR_ADDRESS') or None,
+                 num_processes=_env_int(env, 'JAX_NUM_PROCESSES'),
+                 process_id=_env_int(env, 'JAX_PROCESS_ID'))
+  if any(v is not None for v in given.values()):
+    missing = [k for k, v in given.items() if v is None]
+    # Under SLURM or on a TPU pod JAX fills in the rest (e.g. a fixed coordinator address).
+    if missing and not _cluster(env):
+      raise DistributedInitError(f'{source}: {", ".join(missing)} missing (got {given}); '
+                                 'give all three, or none for a single-process run')
+    if given['num_processes'] is not None and given['num_processes'] < 1:
+      raise DistributedInitError(f'{source}: num_processes={given["num_processes"]} < 1')
+    if given['num_processes'] == 1 and given['process_id'] in (0, None):
+      return None
+    return {k: v for k, v in given.items() if v is not None}
+  return {} if _cluster(env) else None
+
+
+def _cluster(env) -> bool:
+  """A multi-process cluster JAX's own detection (jax._src.clusters) can describe."""
+  tasks = _slurm_tasks(env)
+  if tasks is not None:
+    return tasks > 1
+  hosts = env.get('TPU_WORKER_HOSTNAMES', '')
+  return bool(env.get('CLIPJAX_DISTRIBUTED') == '1' or env.get('OMPI_MCA_orte_hnp_uri')
+              or env.get('MEGASCALE_COORDINATOR_ADDRESS') or ',' in hosts)
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
+               init_timeout=None, heartbeat_timeout=None) -> bool:
+  """Joins the process group if there is one (see module doc); True if it did.
+
+  Must run before anything touches a JAX backend (jax.devices(), any computation).
+  """
+  kwargs = resolve(coordinator_address, num_processes, process_id)
+  if kwargs is None:
+    return False
+  init_timeout = init_timeout or _env_int(os.environ, 'CLIPJAX_INIT_TIMEOUT') or DEFAULT_INIT_TIMEOUT
+  heartbeat_timeout = (heartbeat_timeout or _env_int(os.environ, 'CLIPJAX_HEARTBEAT_TIMEOUT')
+                       or DEFAULT_HEARTBEAT_TIMEOUT)
+  where = ', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'detected from the cluster environment'
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout,
+                               heartbeat_timeout_seconds=heartbeat_timeout,
+                               shutdown_timeout_seconds=heartbeat_timeout)
+  except Exception as e:  # XlaRuntimeError, ValueError from cluster detection, ...
+    raise DistributedInitError(
+        f'jax.distributed.initialize({where}) failed after at most {init_timeout}s '
+        f'(CLIPJAX_INIT_TIMEOUT): {type(e).__name__}: {e}. Check that every process was '
+        'started with the same coordinator address and process count, that process 0 is '
+        'running, and that its port is reachable from this host.') from e
+  log.info('Joined process group as process %d of %d (%s); %d local / %d global devices',
+           jax.process_index(), jax.process_count(), where, jax.local_device_count(),
+           jax.device_count())
+  return True

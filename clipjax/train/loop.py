@@ -1,5 +1,4 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint. Method-agnostic."""
-import json
 import logging
 import math
 import signal
@@ -10,9 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from clipjax import sharding
+from clipjax import evaluate, sharding
+from clipjax.evaluate import report
 from clipjax.data import pipeline
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.methods import get_method
@@ -91,6 +90,7 @@ class Trainer:
         in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh)),
         out_shardings=(self.state_sharding, repl), donate_argnums=0)
     self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
+    self._evaluators = self._encoder = None
 
   def initial_state(self):
     return self._init_state(*self._init_rngs)
@@ -124,16 +124,31 @@ class Trainer:
           f'{self.workdir / "checkpoints"}')
     self.checkpointer.save(step, state, loader.get_state())
 
-  def evaluate(self, state) -> dict:
-    """Runs the configured evaluators on `state.params`; returns flat `name/metric` values."""
+  def evaluate(self, state) -> tuple:
+    """Runs the configured evaluators on `state.params` -> (flat `name/metric` values, arrays)."""
     if not self.config.get('evals'):
-      return {}
-    from clipjax import evaluate
-    encoder = evaluate.Encoder(self.model, state.params, self.tokenizer,
-                               context_length=self.config.model.context_length,
-                               image_size=self.config.model.image_size)
-    evaluators = evaluate.build_evaluators(self.config.evals)
-    return evaluate.run_evaluators(evaluators, encoder)
+      return {}, {}
+    if self._evaluators is None:
+      self._evaluators = evaluate.build_evaluators(self.config.evals)
+      self._encoder = evaluate.Encoder(
+          self.model, state.params, self.tokenizer, context_length=self.config.model.context_length,
+          image_size=self.config.model.image_size, batch_sharding=sharding.batch_sharding(self.mesh)
+          if self.config.get('eval_batch_size', 256) % self.mesh.size == 0 else None,
+          batch_size=self.config.get('eval_batch_size', 256))
+    self._encoder.params = state.params
+    details = {}
+    return evaluate.run_evaluators(self._evaluators, self._encoder, details), details
+
+  def evaluate_checkpoint(self, step=None) -> dict:
+    """`--config.mode=eval`: the latest (or given) checkpoint's evals, written to eval.json."""
+    step = self.checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint to evaluate in {self.workdir / "checkpoints"}')
+    state, _ = self.checkpointer.restore(self.abstract_state, step)
+    results, details = self.evaluate(state)
+    MetricWriter(self.workdir, enabled=jax.process_index() == 0).write_eval(
+        step, results, details, history=False)
+    return results
 
   def train(self) -> dict:
     c = self.config
@@ -170,8 +185,8 @@ class Trainer:
                 f'last good checkpoint: step {self.checkpointer.latest_step()} in '
                 f'{self.workdir / "checkpoints"}')
         if c.eval_every and (step % c.eval_every == 0 or final):
-          evals = self.evaluate(state)
-          writer.write_eval(step, evals)
+          evals, details = self.evaluate(state)
+          writer.write_eval(step, evals, details)
           t0 = time.perf_counter()
         if step % c.checkpoint_every == 0 or final or preempted:
           self.save(state, loader, metrics)
@@ -183,6 +198,8 @@ class Trainer:
       signal.signal(signal.SIGTERM, previous)
       progress.close()
       writer.close()
+    if jax.process_index() == 0 and (self.workdir / 'metrics.jsonl').exists():
+      report.plot_run(str(self.workdir))
     self.state = state
     return {**last, **evals}
 

@@ -2,7 +2,10 @@
 import json
 from pathlib import Path
 
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
+
+from clipjax.evaluate import report
 
 
 class MetricWriter:
@@ -14,7 +17,6 @@ class MetricWriter:
     self.history_path = self.workdir / 'eval_history.jsonl'
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(self.workdir / 'tensorboard'))
 
   def truncate_after(self, step: int) -> None:
@@ -34,12 +36,12 @@ class MetricWriter:
     for k, v in metrics.items():
       self._tb.add_scalar(f'train/{k}', v, step)
 
-  def write_eval(self, step: int, results: dict) -> None:
+  def write_eval(self, step: int, results: dict, details=None, history: bool = True) -> None:
     if not self.enabled or not results:
       return
-    (self.workdir / 'eval.json').write_text(json.dumps({'step': step, **results}, indent=2))
-    with self.history_path.open('a') as f:
-      f.write(json.dumps({'step': step, **results}) + '\n')
+    report.write_eval_json(str(self.workdir), results, step if history else None)
+    if details:
+      report.save_eval_details(str(self.workdir), details, step)
     for k, v in results.items():
       self._tb.add_scalar(f'eval/{k}', v, step)
 
