@@ -1,14 +1,22 @@
 """Evaluation: zero-shot classification, image-text retrieval, linear probe.
 
-Evaluators are built from a config dict of named entries (big_vision style), e.g.
+Evaluators are built from a config dict of named entries (big_vision style) and run
+against an `Encoder`; results are flat "<name>/<metric>" floats:
 
   evals.digits = dict(type='zeroshot', dataset='sklearn_digits')
+  evals.shape = dict(type='zeroshot', dataset='shapes_heldout_shape', num_samples=500)
   evals.inet = dict(type='zeroshot', dataset='imagenet2012', data_dir=D, split='validation',
-                    templates='imagenet1k')
-  evals.coco = dict(type='retrieval', karpathy_json=J, images_dir=D)
+                    templates='imagenet1k')       # CLIP paper's 80 templates, OpenAI names
+  evals.pets = dict(type='zeroshot', image_folder=P, classnames=F, templates=['a {c}.'])
+  evals.coco = dict(type='retrieval', karpathy_json=J, images_dir=D)   # 5 captions/image
+  evals.shapes_ret = dict(type='retrieval', dataset='shapes', num_samples=256)
   evals.probe = dict(type='linear_probe', dataset='sklearn_digits')
+  evals.c10 = dict(type='linear_probe', dataset='cifar10', data_dir=D)  # train / test splits
 
-and run against an `Encoder`; results are flat "<name>/<metric>" floats.
+Options per type are the keyword arguments of ZeroShotEvaluator, RetrievalEvaluator and
+LinearProbeEvaluator. Metrics: zeroshot_{top1,top5,mean_per_class_recall};
+{image_to_text,text_to_image}_R@{1,5,10}; linear_probe_{top1,top5,mean_per_class_recall,
+log10_C}. An evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`.
 """
 from typing import Optional
 
