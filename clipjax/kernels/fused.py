@@ -41,8 +41,13 @@ def _batch_axes(mesh):
   return tuple(a for a in BATCH_AXES if a in context.axis_names and context.shape[a] > 1)
 
 
-def _run(body, args, replicated, mesh, num_rows):
-  """Calls body(*args, *replicated, axes=...) per device under shard_map, or directly."""
+def _run(body, args, replicated, mesh, num_rows, implementation):
+  """Sums body(*args, *replicated, axes=...) over devices under shard_map, or calls it.
+
+  Each device returns its partial sum (a varying value), so autodiff through the
+  collectives inside is exact whether or not shard_map checks varying axes: Pallas
+  interpret mode cannot run with check_vma on, compiled kernels and XLA can.
+  """
   axes = _batch_axes(mesh)
   if not axes:
     return body(*args, *replicated, axes=())
@@ -54,9 +59,11 @@ def _run(body, args, replicated, mesh, num_rows):
     raise ValueError(f'clipjax.kernels: batch of {num_rows} rows does not split over mesh '
                      f'axes {axes} ({shards} shards)')
   spec = P(axes)
-  fn = jax.shard_map(lambda *a: body(*a, axes=axes), mesh=mesh,
-                     in_specs=(spec,) * len(args) + (P(),) * len(replicated), out_specs=P())
-  return fn(*args, *replicated)
+  check_vma = implementation != 'pallas' or jax.default_backend() == 'gpu'
+  fn = jax.shard_map(lambda *a: body(*a, axes=axes)[None], mesh=mesh,
+                     in_specs=(spec,) * len(args) + (P(),) * len(replicated), out_specs=spec,
+                     check_vma=check_vma)
+  return jnp.sum(fn(*args, *replicated))
 
 
 def _gather(a, axes):
@@ -95,9 +102,10 @@ def clip_loss(image_emb, text_emb, logit_scale, *, implementation, mesh=None, bl
     row_lse, col_lse = ops.contrastive_stats(x, _gather(y, axes), scale, block)
     col_lse = _mine(_combine_lse(col_lse, axes), n, axes)
     diag = scale * jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32), axis=1)
-    return 0.5 * _psum(jnp.sum(row_lse + col_lse - 2 * diag), axes) / num
+    return 0.5 * jnp.sum(row_lse + col_lse - 2 * diag) / num
 
-  return _run(body, (image_emb, text_emb), (jnp.asarray(logit_scale, jnp.float32),), mesh, num)
+  return _run(body, (image_emb, text_emb), (jnp.asarray(logit_scale, jnp.float32),), mesh, num,
+              implementation)
 
 
 def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation, mesh=None,
@@ -109,10 +117,10 @@ def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation,
 
   def body(x, y, scale, bias, axes):
     rows = ops.sigmoid_rows(x, _gather(y, axes), scale, bias, _offset(x.shape[0], axes), block)
-    return _psum(jnp.sum(rows), axes) / num
+    return jnp.sum(rows) / num
 
   replicated = (jnp.asarray(logit_scale, jnp.float32), jnp.asarray(logit_bias, jnp.float32))
-  return _run(body, (image_emb, text_emb), replicated, mesh, num)
+  return _run(body, (image_emb, text_emb), replicated, mesh, num, implementation)
 
 
 def affinity_mimicking_loss(student_img, student_txt, teacher_img, teacher_txt, student_scale,
@@ -132,9 +140,9 @@ def affinity_mimicking_loss(student_img, student_txt, teacher_img, teacher_txt, 
     col_s = _combine_lse(col_s, axes)
     row_ce = jnp.sum(row[0] - row[2])
     col_ce = jnp.sum(_mine(col_s, n, axes) - _mine(col_w, n, axes))
-    return 0.5 * _psum(row_ce + col_ce, axes) / num
+    return 0.5 * (row_ce + col_ce) / num
 
   replicated = (jnp.asarray(student_scale, jnp.float32),
                 jax.lax.stop_gradient(jnp.asarray(teacher_scale, jnp.float32)))
   args = (student_img, student_txt) + jax.lax.stop_gradient((teacher_img, teacher_txt))
-  return _run(body, args, replicated, mesh, num)
+  return _run(body, args, replicated, mesh, num, implementation)

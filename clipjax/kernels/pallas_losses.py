@@ -1,0 +1,256 @@
+"""Pallas kernels for the tiled loss statistics (same API and maths as `chunked`).
+
+Layout follows jax's Pallas GPU flash attention: the grid runs over row blocks, each
+program keeps its row block in registers and `fori_loop`s over column blocks of the
+(HBM-resident) column embeddings, merging tile statistics online. Programs never write
+to a shared output, so column statistics come from a second launch with rows and
+columns swapped (L.T = scale * y @ x.T), and the backward pass is two launches too
+(dx over row blocks, dy over column blocks), each recomputing its tiles from the saved
+O(B) statistics. Off GPU the kernels run in interpret mode (tests, CPU).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from clipjax.kernels import chunked as ck
+
+DEFAULT_BLOCK = 64
+
+
+def _interpret():
+  return jax.default_backend() != 'gpu'
+
+
+def _pad(a, rows):
+  """Zero-pads rows to `rows` and the feature axis to a power of two (Triton block rule)."""
+  if a.ndim == 1:
+    return jnp.pad(a, (0, rows - a.shape[0]))
+  width = max(16, 1 << (a.shape[1] - 1).bit_length())
+  return jnp.pad(a, ((0, rows - a.shape[0]), (0, width - a.shape[1])))
+
+
+def _operands(*groups):
+  """Casts every operand to the union of their varying mesh axes (shard_map), and the
+  ShapeDtypeStruct factory whose outputs vary the same way."""
+  groups = ck.like(groups, groups)
+  mat = jax.typeof(jax.tree.leaves(groups)[0]).manual_axis_type
+  return groups, lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=mat)
+
+
+def _ids(i, block, n, offset):
+  local = i * block + jax.lax.broadcasted_iota(jnp.int32, (block,), 0)
+  return offset + local, local < n
+
+
+def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, block):
+  """Row statistics of every tile row: grid over row blocks, loop over column blocks."""
+  br, bc = ck.block_size(n, block), ck.block_size(m, block)
+  n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
+  rows = [_pad(a, n_pad) for a in rows]
+  cols = [_pad(a, m_pad) for a in cols]
+  nr, nc = len(rows), len(cols)
+
+  def kernel(*refs):
+    row_refs, col_refs = refs[:nr], refs[nr:nr + nc]
+    scalar_ref, offset_ref = refs[nr + nc:nr + nc + 2]
+    outs = refs[nr + nc + 2:]
+    scal = tuple(scalar_ref[k] for k in range(len(scalars)))
+    rid = _ids(pl.program_id(0), br, n, offset_ref[0])
+    row_blk = tuple(r[...] for r in row_refs)
+
+    def body(j, acc):
+      col_blk = tuple(c[pl.ds(j * bc, bc), :] for c in col_refs)
+      row_new, _ = tile_fn(scal, row_blk, col_blk, rid, _ids(j, bc, m, offset_ref[1]))
+      return merge_fn(acc, row_new)
+
+    acc = jax.lax.fori_loop(0, m_pad // bc, body,
+                            tuple(jnp.full((br,), v, jnp.float32) for v in init))
+    for out, a in zip(outs, acc):
+      out[...] = a
+
+  row_spec = lambda a: pl.BlockSpec((br, a.shape[1]), lambda i: (i, 0))
+  full = lambda a: pl.BlockSpec(a.shape, lambda i: (0,) * a.ndim)
+  scalar_arr = jnp.stack([jnp.asarray(s, jnp.float32) for s in scalars])
+  offset_arr = jnp.stack([jnp.asarray(o, jnp.int32) for o in offsets])
+  (rows, cols, scalar_arr, offset_arr), out = _operands(rows, cols, scalar_arr, offset_arr)
+  outs = pl.pallas_call(
+      kernel, grid=(n_pad // br,),
+      in_specs=[row_spec(a) for a in rows] + [full(a) for a in cols]
+      + [full(scalar_arr), full(offset_arr)],
+      out_specs=[pl.BlockSpec((br,), lambda i: (i,)) for _ in init],
+      out_shape=[out((n_pad,)) for _ in init],
+      interpret=_interpret(), name='tiled_loss_stats',
+  )(*rows, *cols, scalar_arr, offset_arr)
+  return tuple(o[:n] for o in outs)
+
+
+def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, block, num_extras):
+  """G @ y per row block (recomputing tiles) and per-row extras, summed to scalars."""
+  br, bc = ck.block_size(n, block), ck.block_size(m, block)
+  n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
+  width_in = rows[0].shape[1]
+  rows = [_pad(a, n_pad) for a in rows]
+  cols = [_pad(a, m_pad) for a in cols]
+  row_aux = [_pad(a, n_pad) for a in row_aux]
+  col_aux = [_pad(a, m_pad) for a in col_aux]
+  nr, nc, nra, nca = len(rows), len(cols), len(row_aux), len(col_aux)
+  width = rows[0].shape[1]
+
+  def kernel(*refs):
+    it = iter(refs)
+    row_refs = [next(it) for _ in range(nr)]
+    col_refs = [next(it) for _ in range(nc)]
+    raux_refs = [next(it) for _ in range(nra)]
+    caux_refs = [next(it) for _ in range(nca)]
+    scalar_ref, offset_ref, dx_ref = next(it), next(it), next(it)
+    extra_refs = list(it)
+    scal = tuple(scalar_ref[k] for k in range(len(scalars)))
+    rid = _ids(pl.program_id(0), br, n, offset_ref[0])
+    row_blk = tuple(r[...] for r in row_refs)
+    raux = tuple(r[...] for r in raux_refs)
+
+    def body(j, carry):
+      dx, extras = carry
+      sl = pl.ds(j * bc, bc)
+      col_blk = tuple(c[sl, :] for c in col_refs)
+      caux = tuple(c[sl] for c in caux_refs)
+      g, new = tile_fn(scal, row_blk, col_blk, raux, caux, rid, _ids(j, bc, m, offset_ref[1]))
+      dx = dx + jnp.dot(g, col_blk[0].astype(jnp.float32), preferred_element_type=jnp.float32)
+      return dx, tuple(a + b for a, b in zip(extras, new))
+
+    init = (jnp.zeros((br, width), jnp.float32),
+            tuple(jnp.zeros((br,), jnp.float32) for _ in range(num_extras)))
+    dx, extras = jax.lax.fori_loop(0, m_pad // bc, body, init)
+    dx_ref[...] = dx
+    for out, a in zip(extra_refs, extras):
+      out[...] = a
+
+  row_spec = lambda a: (pl.BlockSpec((br,), lambda i: (i,)) if a.ndim == 1
+                        else pl.BlockSpec((br, a.shape[1]), lambda i: (i, 0)))
+  full = lambda a: pl.BlockSpec(a.shape, lambda i: (0,) * a.ndim)
+  scalar_arr = jnp.stack([jnp.asarray(s, jnp.float32) for s in scalars])
+  offset_arr = jnp.stack([jnp.asarray(o, jnp.int32) for o in offsets])
+  (rows, cols, row_aux, col_aux, scalar_arr, offset_arr), out = _operands(
+      rows, cols, row_aux, col_aux, scalar_arr, offset_arr)
+  dx, *extras = pl.pallas_call(
+      kernel, grid=(n_pad // br,),
+      in_specs=[row_spec(a) for a in rows] + [full(a) for a in cols]
+      + [row_spec(a) for a in row_aux] + [full(a) for a in col_aux]
+      + [full(scalar_arr), full(offset_arr)],
+      out_specs=[pl.BlockSpec((br, width), lambda i: (i, 0))]
+      + [pl.BlockSpec((br,), lambda i: (i,)) for _ in range(num_extras)],
+      out_shape=[out((n_pad, width))] + [out((n_pad,)) for _ in range(num_extras)],
+      interpret=_interpret(), name='tiled_loss_grad',
+  )(*rows, *cols, *row_aux, *col_aux, scalar_arr, offset_arr)
+  return dx[:n, :width_in], tuple(jnp.sum(e[:n]) for e in extras)
+
+
+def _off(*offsets):
+  return tuple(jnp.asarray(o, jnp.int32) for o in offsets)
+
+
+# ---------------------------------------------------------------- public statistics
+
+
+def contrastive_stats(x, y, scale, block=DEFAULT_BLOCK):
+  """(row_lse [n], col_lse [m]) of L = scale * x @ y.T, in float32."""
+  return _contrastive_stats(x, y, ck.like((x, y), jnp.asarray(scale, jnp.float32)), block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _contrastive_stats(x, y, scale, block):
+  return _contrastive_fwd(x, y, scale, block)[0]
+
+
+def _contrastive_fwd(x, y, scale, block):
+  n, m, off = x.shape[0], y.shape[0], _off(0, 0)
+  stats = lambda a, b, na, nb: _sweep_call(ck.contrastive_tile, ck.contrastive_merge, (ck.NEG,),
+                                           [a], [b], (scale,), off, na, nb, block)[0]
+  r, c = stats(x, y, n, m), stats(y, x, m, n)
+  return (r, c), (x, y, scale, r, c)
+
+
+def _contrastive_bwd(block, res, cot):
+  x, y, scale, r, c = res
+  (gr, gc), n, m, off = cot, x.shape[0], y.shape[0], _off(0, 0)
+  dx, (ds,) = _grad_call(ck.contrastive_grad_tile, [x], [y], [r, gr], [c, gc], (scale,), off,
+                         n, m, block, 1)
+  dy, _ = _grad_call(ck.contrastive_grad_tile, [y], [x], [c, gc], [r, gr], (scale,), off,
+                     m, n, block, 1)
+  return ck.cast_like(scale * dx, x), ck.cast_like(scale * dy, y), ck.cast_like(ds, scale)
+
+
+_contrastive_stats.defvjp(_contrastive_fwd, _contrastive_bwd)
+
+
+def sigmoid_rows(x, y, scale, bias, row_offset, block=DEFAULT_BLOCK):
+  """Per-row sum_j -log sigmoid(z_ij (scale x_i.y_j + bias)), z = +1 iff row_offset+i == j."""
+  scalars = ck.like((x, y), (jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)))
+  return _sigmoid_rows(x, y, scalars, ck.like((x, y), jnp.asarray(row_offset, jnp.int32)), block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _sigmoid_rows(x, y, scalars, row_offset, block):
+  return _sigmoid_fwd(x, y, scalars, row_offset, block)[0]
+
+
+def _sigmoid_fwd(x, y, scalars, row_offset, block):
+  (rows,) = _sweep_call(ck.sigmoid_tile, ck.sum_merge, (0.0,), [x], [y], scalars,
+                        _off(row_offset, 0), x.shape[0], y.shape[0], block)
+  return rows, (x, y, scalars, row_offset)
+
+
+def _sigmoid_bwd(block, res, g_rows):
+  x, y, scalars, row_offset = res
+  n, m = x.shape[0], y.shape[0]
+  g_cols = jnp.zeros((m,), jnp.float32)
+  dx, (ds, db) = _grad_call(ck.sigmoid_grad_tile, [x], [y], [g_rows], [g_cols], scalars,
+                            _off(row_offset, 0), n, m, block, 2)
+  dy, _ = _grad_call(ck.sigmoid_grad_tile, [y], [x], [g_cols], [g_rows], scalars,
+                     _off(0, row_offset), m, n, block, 2)
+  scale = scalars[0]
+  return (ck.cast_like(scale * dx, x), ck.cast_like(scale * dy, y),
+          (ck.cast_like(ds, scale), ck.cast_like(db, scalars[1])), None)
+
+
+_sigmoid_rows.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+
+
+def affinity_stats(xs, ys, xt, yt, s_scale, t_scale, block=DEFAULT_BLOCK):
+  """Row and column (s_lse, t_lse, w) statistics; see `chunked.affinity_stats`."""
+  scalars = ck.like((xs, ys, xt, yt),
+                    (jnp.asarray(s_scale, jnp.float32), jnp.asarray(t_scale, jnp.float32)))
+  return _affinity_stats(xs, ys, xt, yt, scalars, block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _affinity_stats(xs, ys, xt, yt, scalars, block):
+  return _affinity_fwd(xs, ys, xt, yt, scalars, block)[0]
+
+
+def _affinity_fwd(xs, ys, xt, yt, scalars, block):
+  n, m, off = xs.shape[0], ys.shape[0], _off(0, 0)
+  stats = lambda rows, cols, na, nb: _sweep_call(
+      ck.affinity_tile, ck.affinity_merge, (ck.NEG, ck.NEG, 0.0), rows, cols, scalars, off,
+      na, nb, block)
+  row, col = stats([xs, xt], [ys, yt], n, m), stats([ys, yt], [xs, xt], m, n)
+  return (row, col), (xs, ys, xt, yt, scalars, row, col)
+
+
+def _affinity_bwd(block, res, cot):
+  xs, ys, xt, yt, scalars, row, col = res
+  (g_rs, _, g_rw), (g_cs, _, g_cw) = cot
+  n, m, off = xs.shape[0], ys.shape[0], _off(0, 0)
+  raux, caux = [row[0], row[1], g_rs, g_rw], [col[0], col[1], g_cs, g_cw]
+  dx, (ds,) = _grad_call(ck.affinity_grad_tile, [xs, xt], [ys, yt], raux, caux, scalars, off,
+                         n, m, block, 1)
+  dy, _ = _grad_call(ck.affinity_grad_tile, [ys, yt], [xs, xt], caux, raux, scalars, off,
+                     m, n, block, 1)
+  s_scale = scalars[0]
+  return (ck.cast_like(s_scale * dx, xs), ck.cast_like(s_scale * dy, ys), jnp.zeros_like(xt),
+          jnp.zeros_like(yt), (ck.cast_like(ds, s_scale), jnp.zeros_like(scalars[1])))
+
+
+_affinity_stats.defvjp(_affinity_fwd, _affinity_bwd)
