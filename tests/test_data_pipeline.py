@@ -94,10 +94,11 @@ def test_resume_is_exact_with_workers():
   assert sorted(idx) == list(range(N))
 
 
-def test_processes_and_workers_read_disjoint_samples_covering_the_epoch():
+def test_processes_read_disjoint_samples_covering_the_epoch():
+  """Process split is independent of workers: process 0 uses two, process 1 none."""
   per_process = []
-  for p in range(2):
-    it = loader(batch=16, process_index=p, process_count=2, worker_count=2)
+  for p, workers in ((0, 2), (1, 0)):
+    it = loader(batch=16, process_index=p, process_count=2, worker_count=workers)
     batches = take(it, N // 16)
     it.close()
     assert all(b['image'].shape[0] == 8 for b in batches)

@@ -202,6 +202,7 @@ def test_loader_skips_and_counts_exactly_the_corrupted_samples(corrupt_shards):
                               **{f'data/skipped/{k}': v for k, v in sorted(expected.items())}}
 
 
+@pytest.mark.slow
 def test_shards_split_across_processes_and_workers(tmp_path):
   pattern = make_shards.main(['--out', str(tmp_path), '--synthetic', '96', '--image-size',
                               '32', '--shard-size', '12'])
