@@ -60,8 +60,11 @@ class Encoder:
       emb = model.apply({'params': params}, ids, method='encode_text').astype(jnp.float32)
       return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
 
-    self._encode_image = jax.jit(encode_image)
-    self._encode_text = jax.jit(encode_text)
+    # With a mesh, gather outputs to every device: multi-host runs can then read them.
+    mesh = getattr(batch_sharding, 'mesh', None)
+    out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._encode_image = jax.jit(encode_image, out_shardings=out)
+    self._encode_text = jax.jit(encode_text, out_shardings=out)
 
   def _run(self, fn, inputs: np.ndarray) -> np.ndarray:
     outputs = []
