@@ -12,6 +12,8 @@ import pytest
 
 from clipjax import losses
 from clipjax.kernels import fused
+from clipjax.kernels.attention import masked_attention
+from clipjax.models import layers
 
 IMPLS = ('chunked', 'pallas')
 BLOCK = 16
@@ -89,3 +91,43 @@ def test_auto_resolves_to_chunked_on_cpu():
   assert fused.resolve('auto') == ('pallas' if jax.default_backend() == 'gpu' else 'chunked')
   with pytest.raises(ValueError, match='implementation'):
     fused.resolve('triton')
+
+
+def _attention_inputs(dtype, b=2, t=21, h=3, d=8):
+  rng = np.random.default_rng(0)
+  q, k, v, d_out = (jnp.asarray(rng.normal(size=(b, t, h, d)), dtype) for _ in range(4))
+  keep = jnp.asarray(rng.random((b, t)) < 0.6).at[:, 0].set(True)
+  keep = keep.at[1].set(jnp.arange(t) == 5)  # the second example keeps a single token
+  return q, k, v, d_out, keep
+
+
+def _attention_vjp(impl, q, k, v, d_out, keep, block=None):
+  fn = lambda q, k, v: masked_attention(q, k, v, keep, implementation=impl, block=block)
+  out, vjp = jax.vjp(fn, q, k, v)
+  return out, vjp(d_out)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+def test_masked_attention_matches_reference(impl, dtype, tol):
+  """Ragged blocks (T=21, block 8), a one-token mask, forward and all input gradients."""
+  q, k, v, d_out, keep = _attention_inputs(dtype)
+  got = jax.jit(functools.partial(_attention_vjp, impl, block=8))(q, k, v, d_out, keep)
+  want = _attention_vjp('xla', q, k, v, d_out, keep)
+  assert got[0].dtype == dtype and got[1][0].dtype == dtype
+  assert _max_err(got, want) < tol * _scale_of(want)
+  # The one-token example attends to token 5 only: every query returns v[1, 5].
+  np.testing.assert_allclose(np.asarray(got[0][1], np.float32),
+                             np.broadcast_to(np.asarray(v[1, 5], np.float32), got[0][1].shape),
+                             rtol=tol, atol=tol)
+
+
+def test_masked_attention_equals_model_attention_with_key_mask():
+  """Drop-in for clipjax.models.layers.attention with mask = keep[:, None, None, :]."""
+  q, k, v, _, keep = _attention_inputs(jnp.float32)
+  want = layers.attention(q, k, v, keep[:, None, None, :])
+  got = masked_attention(q, k, v, keep, implementation='chunked')
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  full = masked_attention(q, k, v, implementation='chunked')
+  np.testing.assert_allclose(np.asarray(full), np.asarray(layers.attention(q, k, v)),
+                             rtol=1e-5, atol=1e-5)

@@ -1,0 +1,280 @@
+"""Attention over a padded token set with a per-example key keep-mask, flash style.
+
+`masked_attention(q, k, v, keep_mask)` equals softmax(q k^T / sqrt(D) masked) v for
+q, k, v [B, T, H, D] and keep_mask bool [B, T] (True = a real key). Queries at dropped
+positions are still computed (callers ignore them). Implementations:
+  'xla'      the reference: materialises [B, H, T, T] logits.
+  'chunked'  lax.scan over key blocks with an online softmax; the custom VJP saves only
+             the output and the row LSE and recomputes each block (the flash-attention
+             backward: delta = rowsum(dO * O), dS = P * (dP - delta)).
+  'pallas'   the same in Pallas kernels (grid over batch, heads and query blocks; a
+             dq kernel over query blocks and a dk/dv kernel over key blocks in the
+             backward); interpret mode off GPU.
+  'auto'     'pallas' on GPU, 'chunked' elsewhere.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+NEG = -1e30
+CHUNKED_BLOCK = 128
+PALLAS_BLOCK = 64
+
+
+def masked_attention(q, k, v, keep_mask=None, *, implementation='auto', block=None):
+  """Scaled dot-product attention whose keys are restricted to keep_mask [B, T]."""
+  if implementation not in ('auto', 'xla', 'chunked', 'pallas'):
+    raise ValueError(f'masked_attention: implementation={implementation!r}; expected '
+                     "'auto', 'xla', 'chunked' or 'pallas'")
+  if implementation == 'auto':
+    implementation = 'pallas' if jax.default_backend() == 'gpu' else 'chunked'
+  if keep_mask is None:
+    keep_mask = jnp.ones(k.shape[:2], bool)
+  if keep_mask.shape != k.shape[:2]:
+    raise ValueError(f'masked_attention: keep_mask shape {keep_mask.shape} != keys [B, T] '
+                     f'{k.shape[:2]}')
+  if implementation == 'xla':
+    return reference_attention(q, k, v, keep_mask)
+  fn = _chunked if implementation == 'chunked' else _pallas
+  block = block or (CHUNKED_BLOCK if implementation == 'chunked' else PALLAS_BLOCK)
+  # [B, T, H, D] -> [B, H, T, D]: blocks run along T.
+  to_bh = lambda a: jnp.swapaxes(a, 1, 2)
+  out = fn(to_bh(q), to_bh(k), to_bh(v), keep_mask.astype(jnp.float32), block)
+  return jnp.swapaxes(out, 1, 2)
+
+
+def reference_attention(q, k, v, keep_mask):
+  """The readable reference (same maths as clipjax.models.layers.attention)."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(keep_mask[:, None, None, :], logits, NEG)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
+
+def _pad_t(a, block, axis):
+  pad = -a.shape[axis] % block
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(a, widths)
+
+
+def _block(t, block):
+  return min(block, -(-t // 8) * 8)
+
+
+# ---------------------------------------------------------------- chunked (lax.scan)
+
+
+def _key_blocks(k, v, keep, bk):
+  """[B, H, T, D] keys/values and [B, T] mask -> per-block stacks along a leading axis."""
+  b, h, _, d = k.shape
+  k, v, keep = _pad_t(k, bk, 2), _pad_t(v, bk, 2), _pad_t(keep, bk, 1)
+  nb = k.shape[2] // bk
+  split = lambda a: jnp.moveaxis(a.reshape(b, h, nb, bk, d), 2, 0)
+  return split(k), split(v), jnp.moveaxis(keep.reshape(b, nb, bk), 1, 0)
+
+
+def _logits(q, k_blk, keep_blk):
+  s = jnp.einsum('bhqd,bhkd->bhqk', q, k_blk, preferred_element_type=jnp.float32)
+  s = s * q.shape[-1] ** -0.5
+  return jnp.where(keep_blk[:, None, None, :] > 0, s, NEG)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunked(q, k, v, keep, block):
+  return _chunked_fwd(q, k, v, keep, block)[0]
+
+
+def _chunked_fwd(q, k, v, keep, block):
+  bk = _block(k.shape[2], block)
+  kb, vb, keepb = _key_blocks(k, v, keep, bk)
+  b, h, t, d = q.shape
+
+  def step(carry, blk):
+    m, l, acc = carry
+    k_blk, v_blk, keep_blk = blk
+    s = _logits(q, k_blk, keep_blk)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.exp(s - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    acc = acc * corr[..., None] + jnp.einsum('bhqk,bhkd->bhqd', p, v_blk.astype(jnp.float32))
+    return (m_new, l * corr + p.sum(-1), acc), None
+
+  init = (jnp.full((b, h, t), NEG, jnp.float32), jnp.zeros((b, h, t), jnp.float32),
+          jnp.zeros((b, h, t, d), jnp.float32))
+  (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, keepb))
+  out = (acc / l[..., None]).astype(q.dtype)
+  return out, (q, k, v, keep, out, m + jnp.log(l))
+
+
+def _chunked_bwd(block, res, d_out):
+  q, k, v, keep, out, lse = res
+  bk = _block(k.shape[2], block)
+  kb, vb, keepb = _key_blocks(k, v, keep, bk)
+  t = k.shape[2]
+  scale = q.shape[-1] ** -0.5
+  qf, do = q.astype(jnp.float32), d_out.astype(jnp.float32)
+  delta = jnp.sum(do * out.astype(jnp.float32), -1)
+
+  def step(dq, blk):
+    k_blk, v_blk, keep_blk = blk
+    p = jnp.exp(_logits(q, k_blk, keep_blk) - lse[..., None])
+    dv = jnp.einsum('bhqk,bhqd->bhkd', p, do)
+    dp = jnp.einsum('bhqd,bhkd->bhqk', do, v_blk.astype(jnp.float32))
+    ds = p * (dp - delta[..., None]) * scale
+    dq = dq + jnp.einsum('bhqk,bhkd->bhqd', ds, k_blk.astype(jnp.float32))
+    return dq, (jnp.einsum('bhqk,bhqd->bhkd', ds, qf), dv)
+
+  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qf), (kb, vb, keepb))
+  merge = lambda a: jnp.moveaxis(a, 0, 2).reshape(a.shape[1], a.shape[2], -1, a.shape[-1])[:, :, :t]
+  return (dq.astype(q.dtype), merge(dk).astype(k.dtype), merge(dv).astype(v.dtype),
+          jnp.zeros_like(keep))
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+# ---------------------------------------------------------------- Pallas
+
+
+def _interpret():
+  return jax.default_backend() != 'gpu'
+
+
+def _pad_all(q, k, v, keep, block):
+  """Pads T to the block and D to a power of two (>= 16) as Triton requires."""
+  bt = _block(q.shape[2], block)
+  d_pad = max(16, 1 << (q.shape[-1] - 1).bit_length()) - q.shape[-1]
+  pad = lambda a: jnp.pad(_pad_t(a, bt, 2), ((0, 0), (0, 0), (0, 0), (0, d_pad)))
+  return pad(q), pad(k), pad(v), _pad_t(keep, bt, 1), bt
+
+
+def _spec(t, d, bt, along):
+  """BlockSpec for [B, H, T, D] arrays: the block `along` grid axis 2, or all of T."""
+  if along:
+    return pl.BlockSpec((None, None, bt, d), lambda b, h, i: (b, h, i, 0))
+  return pl.BlockSpec((None, None, t, d), lambda b, h, i: (b, h, 0, 0))
+
+
+def _attn_fwd_kernel(scale, bt, nk, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref):
+  q = q_ref[...]
+
+  def body(j, carry):
+    m, l, acc = carry
+    sl = pl.ds(j * bt, bt)
+    s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(keep_ref[sl][None, :] > 0, s, NEG)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.exp(s - m_new[:, None])
+    corr = jnp.exp(m - m_new)
+    acc = acc * corr[:, None] + jnp.dot(p, v_ref[sl, :].astype(jnp.float32),
+                                        preferred_element_type=jnp.float32)
+    return m_new, l * corr + p.sum(-1), acc
+
+  init = (jnp.full((bt,), NEG, jnp.float32), jnp.zeros((bt,), jnp.float32),
+          jnp.zeros(q.shape, jnp.float32))
+  m, l, acc = jax.lax.fori_loop(0, nk, body, init)
+  o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = m + jnp.log(l)
+
+
+def _attn_dq_kernel(scale, bt, nk, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref, delta_ref,
+                    dq_ref):
+  q, do = q_ref[...], do_ref[...].astype(jnp.float32)
+  lse, delta = lse_ref[...], delta_ref[...]
+
+  def body(j, dq):
+    sl = pl.ds(j * bt, bt)
+    k = k_ref[sl, :].astype(jnp.float32)
+    s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(keep_ref[sl][None, :] > 0, s, NEG)
+    p = jnp.exp(s - lse[:, None])
+    dp = jnp.dot(do, v_ref[sl, :].astype(jnp.float32).T, preferred_element_type=jnp.float32)
+    return dq + jnp.dot(p * (dp - delta[:, None]) * scale, k, preferred_element_type=jnp.float32)
+
+  dq_ref[...] = jax.lax.fori_loop(0, nk, body, jnp.zeros(q.shape, jnp.float32)).astype(dq_ref.dtype)
+
+
+def _attn_dkv_kernel(scale, bt, nq, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref, delta_ref,
+                     dk_ref, dv_ref):
+  k, v = k_ref[...], v_ref[...].astype(jnp.float32)
+  keep = keep_ref[...]
+
+  def body(i, carry):
+    dk, dv = carry
+    sl = pl.ds(i * bt, bt)
+    q = q_ref[sl, :]
+    do = do_ref[sl, :].astype(jnp.float32)
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(keep[None, :] > 0, s, NEG)
+    p = jnp.exp(s - lse_ref[sl][:, None])
+    dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta_ref[sl][:, None]) * scale
+    dv = dv + jnp.dot(p.T, do, preferred_element_type=jnp.float32)
+    dk = dk + jnp.dot(ds.T, q.astype(jnp.float32), preferred_element_type=jnp.float32)
+    return dk, dv
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, nq, body, (zeros, zeros))
+  dk_ref[...] = dk.astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
+  return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
+                        out_shape=out_shape, interpret=_interpret())(*args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _pallas(q, k, v, keep, block):
+  return _pallas_fwd(q, k, v, keep, block)[0]
+
+
+def _pallas_fwd(q, k, v, keep, block):
+  b, h, t, d = q.shape
+  qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block)
+  tp, dp = qp.shape[2], qp.shape[3]
+  grid = (b, h, tp // bt)
+  keep_spec = pl.BlockSpec((None, tp), lambda b, h, i: (b, 0))
+  row_spec = pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i))
+  kernel = functools.partial(_attn_fwd_kernel, d ** -0.5, bt, tp // bt)
+  out, lse = _call(
+      kernel, grid,
+      [_spec(tp, dp, bt, True), _spec(tp, dp, bt, False), _spec(tp, dp, bt, False),
+       keep_spec],
+      [_spec(tp, dp, bt, True), row_spec],
+      [jax.ShapeDtypeStruct(qp.shape, q.dtype), jax.ShapeDtypeStruct((b, h, tp), jnp.float32)],
+      qp, kp, vp, keepp)
+  out = out[:, :, :t, :d]
+  return out, (q, k, v, keep, out, lse)
+
+
+def _pallas_bwd(block, res, d_out):
+  q, k, v, keep, out, lse = res
+  b, h, t, d = q.shape
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
+  qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block)
+  dop = _pad_all(d_out, k, v, keep, block)[0]
+  tp, dp = qp.shape[2], qp.shape[3]
+  lse, delta = _pad_t(lse, bt, 2), _pad_t(delta, bt, 2)
+  grid = (b, h, tp // bt)
+  blk, full = _spec(tp, dp, bt, True), _spec(tp, dp, bt, False)
+  keep_full = pl.BlockSpec((None, tp), lambda b, h, i: (b, 0))
+  keep_blk = pl.BlockSpec((None, bt), lambda b, h, i: (b, i))
+  row_blk = pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i))
+  row_full = pl.BlockSpec((None, None, tp), lambda b, h, i: (b, h, 0))
+  dq = _call(functools.partial(_attn_dq_kernel, d ** -0.5, bt, tp // bt), grid,
+             [blk, full, full, keep_full, blk, row_blk, row_blk], blk,
+             jax.ShapeDtypeStruct(qp.shape, q.dtype), qp, kp, vp, keepp, dop, lse, delta)
+  dk, dv = _call(functools.partial(_attn_dkv_kernel, d ** -0.5, bt, tp // bt), grid,
+                 [full, blk, blk, keep_blk, full, row_full, row_full], [blk, blk],
+                 [jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(vp.shape, v.dtype)],
+                 qp, kp, vp, keepp, dop, lse, delta)
+  crop = lambda a: a[:, :, :t, :d]
+  return crop(dq), crop(dk), crop(dv), jnp.zeros_like(keep)
+
+
+_pallas.defvjp(_pallas_fwd, _pallas_bwd)
