@@ -14,6 +14,12 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (ml_colle
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Multi-process runs (see clipjax/train/distributed.py and launch/README.md); launchers
+# usually set these through the environment instead.
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for jax.distributed.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 
 
 def main(argv):
@@ -21,7 +27,7 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
   logging.getLogger('clipjax').setLevel(logging.INFO)
   from clipjax.train import distributed, loop
-  distributed.initialize()
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   trainer = loop.Trainer(config, _WORKDIR.value)
   if config.mode == 'train':

@@ -301,12 +301,16 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
                       worker_count: int = 0, read_threads: int = 0,
                       mean=transforms.CLIP_MEAN, std=transforms.CLIP_STD,
                       extra_keys=(), label_noise: float = 0.0, shuffle_buffer: int = 1000,
-                      cycle_length: int = 4) -> TrainLoader:
+                      cycle_length: int = 4, process_split: str = 'batch') -> TrainLoader:
   """Batches {'image': f32[B, S, S, 3], 'text': i32[B, L], *extra_keys} of this
   process's B = global_batch_size // process_count samples, forever.
 
-  Random-access sources are split across processes by index (process p reads p,
-  p + P, ...) and shuffled globally every epoch; shard sources are split by shard.
+  Random-access sources are shuffled globally every epoch and split across processes
+  by `process_split`: 'batch' (default) has every process walk the same global order
+  and take rows [p * B/P, (p + 1) * B/P) of each global batch, with crops drawn per
+  global position, so the global batches do not depend on the process count;
+  'interleave' has process p read samples p, p + P, ... in its own order.
+  Shard sources are split by shard.
   With `worker_count` > 0 grain worker processes each take every worker_count-th
   element (sample or shard) of that stream and batch their own samples, so the
   order depends on worker_count (resume with the same value).
@@ -318,6 +322,8 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
                      f'process_count={process_count}')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
+  if process_split not in ('batch', 'interleave'):
+    raise ValueError(f"process_split={process_split!r}: use 'batch' or 'interleave'")
   decoder = getattr(source, 'decoder', None) if hasattr(source, 'shards') else None
   preprocess = Preprocess(tokenizer, context_length, image_size, augment, mean, std,
                           extra_keys, decoder)
@@ -327,10 +333,11 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
     per_worker = len(source.shards) // (process_count * max(1, worker_count))
     ds = _shard_stream(source, seed, process_index, process_count, shuffle_buffer,
                        max(1, min(cycle_length, per_worker)), label_noise)
+    ds = ds.random_map(preprocess, seed=seed)
   else:
     ds = _index_stream(source, seed, process_index, process_count, label_noise,
-                       read_threads, global_batch_size)
-  ds = _SkipAndBatch(ds.random_map(preprocess, seed=seed), global_batch_size // process_count)
+                       read_threads, global_batch_size, process_split, preprocess)
+  ds = _SkipAndBatch(ds, global_batch_size // process_count)
   if worker_count > 0:
     # grain reads absl flags when starting workers; outside absl.app they are unparsed.
     if not flags.FLAGS.is_parsed():
@@ -340,16 +347,43 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
 
 
 def _index_stream(source, seed, process_index, process_count, label_noise, read_threads,
-                  batch_size) -> grain.IterDataset:
+                  batch_size, process_split, preprocess) -> grain.IterDataset:
+  """Preprocessed samples of this process, forever."""
   if len(source) < process_count:
     raise ValueError(f'Source {source!r} has {len(source)} samples, fewer than '
                      f'process_count={process_count}')
   if label_noise:
     source = NoisyCaptions(source, label_noise, seed)
-  ds = grain.MapDataset.source(source)[process_index::process_count]
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(64, batch_size))
-  return ds.shuffle(seed=seed).repeat().to_iter_dataset(read)
+  ds = grain.MapDataset.source(source)
+  if process_split == 'interleave':
+    ds = ds[process_index::process_count].shuffle(seed=seed).repeat()
+    return ds.to_iter_dataset(read).random_map(preprocess, seed=seed)
+  ds = ds.shuffle(seed=seed).repeat().random_map(preprocess, seed=seed)
+  return _ProcessRows(ds, batch_size // process_count, process_index,
+                      process_count).to_iter_dataset(read)
+
+
+class _ProcessRows(grain.MapDataset):
+  """Element k of process p is row k % b of its slice [p * b, (p + 1) * b) of global batch
+  k // b (global batches of P * b consecutive parent elements)."""
+
+  def __init__(self, parent, rows: int, process_index: int, process_count: int):
+    super().__init__(parent)
+    self._rows, self._index, self._count = rows, process_index, process_count
+
+  def __len__(self):
+    return len(self._parent) // (self._count * self._rows) * self._rows
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._rows)
+    return self._parent[(batch * self._count + self._index) * self._rows + row]
+
+  def __str__(self):
+    return f'_ProcessRows(rows={self._rows}, process={self._index}/{self._count})'
 
 
 def _shard_stream(source, seed, process_index, process_count, shuffle_buffer,
@@ -383,7 +417,7 @@ def sample_captions(source, num: int) -> list:
 _LOADER_KEYS = {'num_workers': 'worker_count', 'augment': 'augment',
                 'label_noise': 'label_noise', 'shuffle_buffer': 'shuffle_buffer',
                 'cycle_length': 'cycle_length', 'read_threads': 'read_threads',
-                'mean': 'mean', 'std': 'std'}
+                'mean': 'mean', 'std': 'std', 'process_split': 'process_split'}
 
 
 def loader_kwargs(data_config) -> dict:
