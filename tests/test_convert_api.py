@@ -161,3 +161,32 @@ def test_native_folder_round_trips_bert_and_llama(tmp_path):
     assert model2 == model
     np.testing.assert_array_equal(model.apply({'params': params}, ids)[0],
                                   model2.apply({'params': params2}, ids)[0])
+
+
+@pytest.mark.parametrize('vocab_padding', [0, 5])
+def test_export_of_a_model_trained_with_our_tokenizer(tmp_path, vocab_padding):
+  """Our BPE's eot id is 2, which HF CLIP reads as 'pool at argmax(ids)': export swaps it."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from clipjax.models import build_clip  # pylint: disable=g-import-not-at-top
+  tokenizer = Tokenizer.train(CAPTIONS * 4, vocab_size=300)
+  assert tokenizer.eot_id == 2
+  model = build_clip('tiny', vocab_size=tokenizer.vocab_size + vocab_padding, context_length=16,
+                     eot_token_id=tokenizer.eot_id)
+  images = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+  ids = tokenizer(CAPTIONS, context_length=16)
+  boxed = model.init(jax.random.PRNGKey(0), jnp.asarray(images), jnp.asarray(ids))['params']
+  ours = model.apply({'params': boxed}, jnp.asarray(images), jnp.asarray(ids))
+  logits = np.asarray(ours['logit_scale'] * ours['image_emb'] @ ours['text_emb'].T)
+  convert.export_hf_clip(model, boxed, str(tmp_path), tokenizer)
+  hf = transformers.CLIPModel.from_pretrained(str(tmp_path)).eval()
+  exported_tokenizer = Tokenizer.load(str(tmp_path))
+  hf_ids = exported_tokenizer(CAPTIONS, context_length=16)
+  assert hf.config.text_config.eos_token_id == exported_tokenizer.eot_id == model.text['vocab_size'] - 1
+  last = model.text['vocab_size'] - 1
+  np.testing.assert_array_equal(np.select([ids == 2, ids == last], [last, 2], ids), hf_ids)
+  assert exported_tokenizer.decode(hf_ids[0]) == tokenizer.decode(ids[0])
+  with torch.no_grad():
+    out = hf(input_ids=torch.tensor(hf_ids, dtype=torch.long),
+             pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)))
+  assert np.abs(out.logits_per_image.numpy() - logits).max() < 1e-4

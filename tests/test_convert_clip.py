@@ -49,8 +49,8 @@ def our_outputs(model, params, ids, images):
   out = model.apply({'params': params}, images, ids)
   raw_image = model.apply({'params': params}, images, method='encode_image')
   raw_text = model.apply({'params': params}, ids, method='encode_text')
-  np.testing.assert_allclose(out['image_emb'], raw_image / np.linalg.norm(raw_image, axis=-1,
-                                                                          keepdims=True), atol=1e-5)
+  for emb, raw in ((out['image_emb'], raw_image), (out['text_emb'], raw_text)):
+    np.testing.assert_allclose(emb, raw / np.linalg.norm(raw, axis=-1, keepdims=True), atol=1e-5)
   logits = out['logit_scale'] * out['image_emb'] @ out['text_emb'].T
   return dict(image_emb=np.asarray(out['image_emb']), text_emb=np.asarray(out['text_emb']),
               logits=np.asarray(logits))

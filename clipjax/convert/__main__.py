@@ -29,9 +29,7 @@ def main(argv=None):
   options = {'act': args.act} if args.act else {}
   model, params, tokenizer = convert.load_model(src, fmt, tokenizer=args.tokenizer, **options)
   if to_format == 'hf':
-    convert.export_hf_clip(model, params, args.dst)
-    if tokenizer is not None:
-      tokenizer.save(args.dst)
+    convert.export_hf_clip(model, params, args.dst, tokenizer)
   else:
     native.save(model, params, args.dst, tokenizer)
   print(f'{type(model).__name__} from {src} written to {args.dst} ({to_format})')

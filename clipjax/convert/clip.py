@@ -17,6 +17,7 @@ from clipjax.convert import load
 from clipjax.convert.io import CheckpointError, Reader, open_checkpoint, write_safetensors
 from clipjax.models.clip import CLIPModel
 
+
 # name: (import: source -> ours, export: ours -> source); `heads` is bound per tower.
 def _transforms(heads):
   return {
@@ -172,7 +173,7 @@ def _qkv(index, heads, bias=False):
   return fn
 
 
-def openai_clip_rules(spec: dict, reader: Reader) -> dict:
+def openai_clip_rules(spec: dict) -> dict:
   """Rules for OpenAI CLIP / open_clip ViT state dicts (`visual.*`, `transformer.*`...)."""
   table = {'log_logit_scale': ('logit_scale', 'id')}
   if spec.get('init_logit_bias') is not None:
@@ -302,7 +303,7 @@ def load_openai_clip(path: str, dtype=jnp.float32, act: Optional[str] = None, vi
   with open_checkpoint(path) as reader:
     spec = openai_clip_spec(reader, act, vision_heads, text_heads)
     model = build(spec, dtype)
-    params = load.place(reader, openai_clip_rules(spec, reader), clip_target(model),
+    params = load.place(reader, openai_clip_rules(spec), clip_target(model),
                         ignore=IGNORE, **placement)
   return model, params
 
@@ -312,11 +313,46 @@ def model_spec(model: CLIPModel) -> dict:
               init_logit_scale=model.init_logit_scale, init_logit_bias=model.init_logit_bias)
 
 
-def export_hf_clip(model: CLIPModel, params, folder: str):
-  """Writes config.json + model.safetensors loadable by `transformers.CLIPModel`."""
+LEGACY_EOS = 2  # HF CLIP pools text at argmax(ids) when eos_token_id == 2.
+
+
+def swap_token_ids(tokenizer_json: dict, a: int, b: int) -> dict:
+  """A tokenizer.json dict with token ids `a` and `b` exchanged (vocab, specials, templates)."""
+  swap = lambda i: b if i == a else a if i == b else i
+  def visit(node, key=None):
+    if isinstance(node, dict):
+      if key == 'vocab':
+        return {tok: swap(i) if isinstance(i, int) else i for tok, i in node.items()}
+      return {k: visit(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+      if key == 'vocab':  # Unigram vocab: [[piece, score], ...] by position.
+        node = list(node)
+        if max(a, b) < len(node):
+          node[a], node[b] = node[b], node[a]
+        return node
+      return [visit(v, key) for v in node]
+    if key in ('id', 'ids', 'pad_id') and isinstance(node, int):
+      return swap(node)
+    return node
+  return visit(tokenizer_json)
+
+
+def export_hf_clip(model: CLIPModel, params, folder: str, tokenizer=None):
+  """Writes config.json + model.safetensors loadable by `transformers.CLIPModel`.
+
+  tokenizer: optional `clipjax.data.tokenizer.Tokenizer`, written as tokenizer.json. An
+  end-of-text id of 2 would switch HF CLIP to legacy argmax pooling, so that id is swapped
+  with the last vocabulary id in the embedding table, the config and the tokenizer.
+  """
   spec = model_spec(model)
+  eot = spec['text'].get('eot_token_id')
+  swap = None
+  if eot == LEGACY_EOS:
+    swap = (LEGACY_EOS, spec['text']['vocab_size'] - 1)
+    spec['text'] = dict(spec['text'], eot_token_id=swap[1])
+  new_id = lambda i: {swap[0]: swap[1], swap[1]: swap[0]}.get(i, i) if swap else i
   config = hf_clip_config(spec)
-  params = load.flat(params)
+  params = load.flat(load.unbox(params))
   table = hf_clip_table(spec)
   missing = sorted(set(table) - set(params))
   if missing:
@@ -324,6 +360,9 @@ def export_hf_clip(model: CLIPModel, params, folder: str):
   def tensor(path):
     src, kind = table[path]
     value = np.asarray(params[path], dtype=np.float32)
+    if swap and path == 'textual/token_embed':
+      value = value.copy()
+      value[list(swap)] = value[list(swap[::-1])]
     return src, np.asarray(_transforms(_heads_for(path, spec))[kind][1](value), order='C')
   shapes = {}
   for path, (name, kind) in table.items():
@@ -331,6 +370,15 @@ def export_hf_clip(model: CLIPModel, params, folder: str):
                          jax.ShapeDtypeStruct(params[path].shape, jnp.float32))
     shapes[name] = (out.shape, np.float32)
   os.makedirs(folder, exist_ok=True)
+  if tokenizer is not None:
+    config['text_config'].update(bos_token_id=new_id(tokenizer.sot_id),
+                                 pad_token_id=new_id(tokenizer.pad_id))
+    path = tokenizer.save(folder)
+    if swap:
+      with open(path) as f:
+        swapped = swap_token_ids(json.load(f), *swap)
+      with open(path, 'w') as f:
+        json.dump(swapped, f, ensure_ascii=False)
   with open(os.path.join(folder, 'config.json'), 'w') as f:
     json.dump(config, f, indent=2)
   write_safetensors(os.path.join(folder, 'model.safetensors'),

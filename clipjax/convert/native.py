@@ -48,7 +48,7 @@ def save(model, params, folder: str, tokenizer=None):
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, SPEC_FILE), 'w') as f:
     json.dump(dict(kind=kind, spec=spec), f, indent=2)
-  flat = load.flat(params)
+  flat = load.flat(load.unbox(params))
   shapes = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flat.items()}
   write_safetensors(os.path.join(folder, PARAMS_FILE),
                     ((k, np.asarray(v)) for k, v in flat.items()), shapes,

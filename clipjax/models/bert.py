@@ -1,5 +1,5 @@
 """BERT-family encoder (post-norm) with sentence-transformers pooling, for embedding teachers."""
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
