@@ -190,3 +190,21 @@ def test_export_of_a_model_trained_with_our_tokenizer(tmp_path, vocab_padding):
     out = hf(input_ids=torch.tensor(hf_ids, dtype=torch.long),
              pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)))
   assert np.abs(out.logits_per_image.numpy() - logits).max() < 1e-4
+
+
+def test_init_params_replaces_only_the_named_towers(hf_folder):
+  """The train-init hook: image tower from a checkpoint, text tower fresh; a whole teacher."""
+  folder, _ = hf_folder
+  model, converted, _ = convert.load_clip(folder)
+  fresh = jax.tree.map(lambda s: jnp.full(s.shape, 7.0, s.dtype),
+                       convert.load.unbox(convert_clip.clip_target(model)))
+  state = {'student': fresh, 'teacher': fresh}
+  out = convert.init_params(state, [dict(target='student/visual', src=folder, subtree='visual'),
+                                    dict(target='teacher', src=folder, format='hf')])
+  for tree, ref in ((out['student']['visual'], converted['visual']),
+                    (out['teacher'], converted)):
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(ref)):
+      np.testing.assert_array_equal(a, b)
+  assert all((np.asarray(x) == 7.0).all() for x in jax.tree.leaves(out['student']['textual']))
+  with pytest.raises(convert.CheckpointError, match="names no parameters"):
+    convert.init_params(state, [dict(target='student/vision', src=folder)])

@@ -57,3 +57,12 @@ def test_sharded_torch_bin_index(tmp_path):
   with open_checkpoint(str(tmp_path)) as reader:
     assert sorted(reader.keys()) == ['a', 'b'] and reader.shapes['a'] == ((2, 3), np.float32)
     np.testing.assert_array_equal(reader.read('b'), np.arange(4.0, dtype=np.float32))
+
+
+def test_legacy_torch_pickle_reads_through_weights_only(tmp_path):
+  path = str(tmp_path / 'old.pt')
+  torch.save({'state_dict': {'module.w': torch.arange(6.0).reshape(2, 3)}}, path,
+             _use_new_zipfile_serialization=False)
+  with open_checkpoint(path) as reader:
+    assert list(reader.keys()) == ['w']
+    np.testing.assert_array_equal(reader.read('w'), np.arange(6.0, dtype=np.float32).reshape(2, 3))

@@ -129,6 +129,35 @@ def load_params(src: str, target, subtree: Optional[str] = None, format: Optiona
   return load.unflat(out)
 
 
+def init_params(params, inits, shardings=None):
+  """`params` with some subtrees replaced from checkpoints: the train-init hook.
+
+  inits: iterable of dicts (e.g. straight from a config list) with keys
+    target: '/'-path in `params` to replace ('' for all), e.g. 'visual' or 'teacher/textual';
+    src: checkpoint path; subtree (optional): '/'-path inside the converted checkpoint;
+    format (optional): as `load_model`.
+  Replaced values keep the placement of the leaves they replace (or follow `shardings`).
+  """
+  flat_params = load.flat(load.unbox(params))
+  flat_shardings = load.flat(shardings) if shardings is not None else {}
+  for init in inits:
+    unknown = set(init) - {'target', 'src', 'subtree', 'format'}
+    if unknown or 'src' not in init:
+      raise ValueError(f'init entry {init!r}: needs src; allowed keys target, src, subtree, format')
+    prefix = init.get('target', '').strip('/')
+    under = lambda k: not prefix or k == prefix or k.startswith(prefix + '/')  # pylint: disable=cell-var-from-loop
+    strip = lambda k: k[len(prefix) + 1:] if prefix else k  # pylint: disable=cell-var-from-loop
+    target = {strip(k): v for k, v in flat_params.items() if under(k)}
+    if not target:
+      raise CheckpointError(f'init target {prefix!r} names no parameters')
+    sub_shardings = {strip(k): v for k, v in flat_shardings.items() if under(k)}
+    loaded = load_params(init['src'], load.unflat(target), init.get('subtree'), init.get('format'),
+                         load.unflat(sub_shardings) if sub_shardings else None)
+    for k, v in load.flat(loaded).items():
+      flat_params[f'{prefix}/{k}' if prefix else k] = v
+  return load.unflat(flat_params)
+
+
 __all__ = ['CheckpointError', 'UnsafeCheckpointError', 'FORMATS', 'detect_format', 'export_hf_clip',
-           'load_clip', 'load_model', 'load_params', 'load_tokenizer', 'open_checkpoint',
+           'init_params', 'load_clip', 'load_model', 'load_params', 'load_tokenizer', 'open_checkpoint',
            'save_native']
