@@ -101,21 +101,29 @@ def _attention_inputs(dtype, b=2, t=21, h=3, d=8):
   return q, k, v, d_out, keep
 
 
-def _attention_vjp(impl, q, k, v, d_out, keep, block=None):
-  fn = lambda q, k, v: masked_attention(q, k, v, keep, implementation=impl, block=block)
+def _attention_vjp(impl, q, k, v, d_out, keep, causal=False, block=None):
+  fn = lambda q, k, v: masked_attention(q, k, v, keep, causal=causal, implementation=impl,
+                                        block=block)
   out, vjp = jax.vjp(fn, q, k, v)
   return out, vjp(d_out)
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
-def test_masked_attention_matches_reference(impl, dtype, tol):
+@pytest.mark.parametrize('dtype,tol,causal', [(jnp.float32, 2e-6, False),
+                                              (jnp.bfloat16, 3e-2, False),
+                                              (jnp.float32, 2e-6, True)])
+def test_masked_attention_matches_reference(impl, dtype, tol, causal):
   """Ragged blocks (T=21, block 8), a one-token mask, forward and all input gradients."""
   q, k, v, d_out, keep = _attention_inputs(dtype)
-  got = jax.jit(functools.partial(_attention_vjp, impl, block=8))(q, k, v, d_out, keep)
-  want = _attention_vjp('xla', q, k, v, d_out, keep)
+  if causal:  # every query keeps at least token 0
+    keep = keep.at[1].set(jnp.arange(keep.shape[1]) % 5 == 0)
+  run = functools.partial(_attention_vjp, impl, causal=causal, block=8)
+  got = jax.jit(run)(q, k, v, d_out, keep)
+  want = _attention_vjp('xla', q, k, v, d_out, keep, causal)
   assert got[0].dtype == dtype and got[1][0].dtype == dtype
   assert _max_err(got, want) < tol * _scale_of(want)
+  if causal:
+    return
   # The one-token example attends to token 5 only: every query returns v[1, 5].
   np.testing.assert_allclose(np.asarray(got[0][1], np.float32),
                              np.broadcast_to(np.asarray(v[1, 5], np.float32), got[0][1].shape),
@@ -131,3 +139,8 @@ def test_masked_attention_equals_model_attention_with_key_mask():
   full = masked_attention(q, k, v, implementation='chunked')
   np.testing.assert_allclose(np.asarray(full), np.asarray(layers.attention(q, k, v)),
                              rtol=1e-5, atol=1e-5)
+  causal = jnp.tril(jnp.ones((q.shape[1],) * 2, bool))
+  keep = keep.at[1].set(jnp.arange(keep.shape[1]) % 5 == 0)  # no query without a key
+  got = masked_attention(q, k, v, keep, causal=True, implementation='chunked')
+  want = layers.attention(q, k, v, causal & keep[:, None, None, :])
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

@@ -23,8 +23,9 @@ CHUNKED_BLOCK = 128
 PALLAS_BLOCK = 64
 
 
-def masked_attention(q, k, v, keep_mask=None, *, implementation='auto', block=None):
-  """Scaled dot-product attention whose keys are restricted to keep_mask [B, T]."""
+def masked_attention(q, k, v, keep_mask=None, *, causal=False, implementation='auto', block=None):
+  """Scaled dot-product attention whose keys are restricted to keep_mask [B, T] (and to
+  positions <= the query's when causal)."""
   if implementation not in ('auto', 'xla', 'chunked', 'pallas'):
     raise ValueError(f'masked_attention: implementation={implementation!r}; expected '
                      "'auto', 'xla', 'chunked' or 'pallas'")
@@ -36,20 +37,24 @@ def masked_attention(q, k, v, keep_mask=None, *, implementation='auto', block=No
     raise ValueError(f'masked_attention: keep_mask shape {keep_mask.shape} != keys [B, T] '
                      f'{k.shape[:2]}')
   if implementation == 'xla':
-    return reference_attention(q, k, v, keep_mask)
+    return reference_attention(q, k, v, keep_mask, causal)
   fn = _chunked if implementation == 'chunked' else _pallas
   block = block or (CHUNKED_BLOCK if implementation == 'chunked' else PALLAS_BLOCK)
   # [B, T, H, D] -> [B, H, T, D]: blocks run along T.
   to_bh = lambda a: jnp.swapaxes(a, 1, 2)
-  out = fn(to_bh(q), to_bh(k), to_bh(v), keep_mask.astype(jnp.float32), block)
+  out = fn(to_bh(q), to_bh(k), to_bh(v), keep_mask.astype(jnp.float32), (block, causal))
   return jnp.swapaxes(out, 1, 2)
 
 
-def reference_attention(q, k, v, keep_mask):
+def reference_attention(q, k, v, keep_mask, causal=False):
   """The readable reference (same maths as clipjax.models.layers.attention)."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(keep_mask[:, None, None, :], logits, NEG)
+  t = q.shape[1]
+  mask = keep_mask[:, None, None, :]
+  if causal:
+    mask = mask & (jnp.arange(t)[None, :] <= jnp.arange(t)[:, None])
+  logits = jnp.where(mask, logits, NEG)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
@@ -77,26 +82,39 @@ def _key_blocks(k, v, keep, bk):
   return split(k), split(v), jnp.moveaxis(keep.reshape(b, nb, bk), 1, 0)
 
 
-def _logits(q, k_blk, keep_blk):
+def _mask(s, keep, qid, kid, causal):
+  """Masks a [..., q, k] logit tile: dropped keys, and future keys when causal."""
+  ok = keep > 0
+  if causal:
+    ok = ok & (kid[None, :] <= qid[:, None])
+  return jnp.where(ok, s, NEG)
+
+
+def _logits(q, k_blk, keep_blk, kid, causal):
   s = jnp.einsum('bhqd,bhkd->bhqk', q, k_blk, preferred_element_type=jnp.float32)
   s = s * q.shape[-1] ** -0.5
-  return jnp.where(keep_blk[:, None, None, :] > 0, s, NEG)
+  return _mask(s, keep_blk[:, None, None, :], jnp.arange(q.shape[2]), kid, causal)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunked(q, k, v, keep, block):
-  return _chunked_fwd(q, k, v, keep, block)[0]
+def _chunked(q, k, v, keep, cfg):
+  return _chunked_fwd(q, k, v, keep, cfg)[0]
 
 
-def _chunked_fwd(q, k, v, keep, block):
+def _key_ids(nb, bk):
+  return jnp.arange(nb * bk).reshape(nb, bk)
+
+
+def _chunked_fwd(q, k, v, keep, cfg):
+  block, causal = cfg
   bk = _block(k.shape[2], block)
   kb, vb, keepb = _key_blocks(k, v, keep, bk)
   b, h, t, d = q.shape
 
   def step(carry, blk):
     m, l, acc = carry
-    k_blk, v_blk, keep_blk = blk
-    s = _logits(q, k_blk, keep_blk)
+    k_blk, v_blk, keep_blk, kid = blk
+    s = _logits(q, k_blk, keep_blk, kid, causal)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.exp(s - m_new[..., None])
     corr = jnp.exp(m - m_new)
@@ -105,12 +123,13 @@ def _chunked_fwd(q, k, v, keep, block):
 
   init = (jnp.full((b, h, t), NEG, jnp.float32), jnp.zeros((b, h, t), jnp.float32),
           jnp.zeros((b, h, t, d), jnp.float32))
-  (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, keepb))
+  (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, keepb, _key_ids(kb.shape[0], bk)))
   out = (acc / l[..., None]).astype(q.dtype)
   return out, (q, k, v, keep, out, m + jnp.log(l))
 
 
-def _chunked_bwd(block, res, d_out):
+def _chunked_bwd(cfg, res, d_out):
+  block, causal = cfg
   q, k, v, keep, out, lse = res
   bk = _block(k.shape[2], block)
   kb, vb, keepb = _key_blocks(k, v, keep, bk)
@@ -120,15 +139,15 @@ def _chunked_bwd(block, res, d_out):
   delta = jnp.sum(do * out.astype(jnp.float32), -1)
 
   def step(dq, blk):
-    k_blk, v_blk, keep_blk = blk
-    p = jnp.exp(_logits(q, k_blk, keep_blk) - lse[..., None])
+    k_blk, v_blk, keep_blk, kid = blk
+    p = jnp.exp(_logits(q, k_blk, keep_blk, kid, causal) - lse[..., None])
     dv = jnp.einsum('bhqk,bhqd->bhkd', p, do)
     dp = jnp.einsum('bhqd,bhkd->bhqk', do, v_blk.astype(jnp.float32))
     ds = p * (dp - delta[..., None]) * scale
     dq = dq + jnp.einsum('bhqk,bhkd->bhqd', ds, k_blk.astype(jnp.float32))
     return dq, (jnp.einsum('bhqk,bhqd->bhkd', ds, qf), dv)
 
-  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qf), (kb, vb, keepb))
+  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros_like(qf), (kb, vb, keepb, _key_ids(kb.shape[0], bk)))
   merge = lambda a: jnp.moveaxis(a, 0, 2).reshape(a.shape[1], a.shape[2], -1, a.shape[-1])[:, :, :t]
   return (dq.astype(q.dtype), merge(dk).astype(k.dtype), merge(dv).astype(v.dtype),
           jnp.zeros_like(keep))
@@ -159,14 +178,19 @@ def _spec(t, d, bt, along):
   return pl.BlockSpec((None, None, t, d), lambda b, h, i: (b, h, 0, 0))
 
 
-def _attn_fwd_kernel(scale, bt, nk, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref):
+def _ids(i, bt):
+  return i * bt + jax.lax.broadcasted_iota(jnp.int32, (bt,), 0)
+
+
+def _attn_fwd_kernel(scale, bt, nk, causal, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref):
   q = q_ref[...]
+  qid = _ids(pl.program_id(2), bt)
 
   def body(j, carry):
     m, l, acc = carry
     sl = pl.ds(j * bt, bt)
     s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
-    s = jnp.where(keep_ref[sl][None, :] > 0, s, NEG)
+    s = _mask(s, keep_ref[sl][None, :], qid, _ids(j, bt), causal)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.exp(s - m_new[:, None])
     corr = jnp.exp(m - m_new)
@@ -181,16 +205,17 @@ def _attn_fwd_kernel(scale, bt, nk, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_re
   lse_ref[...] = m + jnp.log(l)
 
 
-def _attn_dq_kernel(scale, bt, nk, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref, delta_ref,
-                    dq_ref):
+def _attn_dq_kernel(scale, bt, nk, causal, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref,
+                    delta_ref, dq_ref):
   q, do = q_ref[...], do_ref[...].astype(jnp.float32)
+  qid = _ids(pl.program_id(2), bt)
   lse, delta = lse_ref[...], delta_ref[...]
 
   def body(j, dq):
     sl = pl.ds(j * bt, bt)
     k = k_ref[sl, :].astype(jnp.float32)
     s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
-    s = jnp.where(keep_ref[sl][None, :] > 0, s, NEG)
+    s = _mask(s, keep_ref[sl][None, :], qid, _ids(j, bt), causal)
     p = jnp.exp(s - lse[:, None])
     dp = jnp.dot(do, v_ref[sl, :].astype(jnp.float32).T, preferred_element_type=jnp.float32)
     return dq + jnp.dot(p * (dp - delta[:, None]) * scale, k, preferred_element_type=jnp.float32)
@@ -198,10 +223,11 @@ def _attn_dq_kernel(scale, bt, nk, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_re
   dq_ref[...] = jax.lax.fori_loop(0, nk, body, jnp.zeros(q.shape, jnp.float32)).astype(dq_ref.dtype)
 
 
-def _attn_dkv_kernel(scale, bt, nq, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref, delta_ref,
-                     dk_ref, dv_ref):
+def _attn_dkv_kernel(scale, bt, nq, causal, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref,
+                     delta_ref, dk_ref, dv_ref):
   k, v = k_ref[...], v_ref[...].astype(jnp.float32)
   keep = keep_ref[...]
+  kid = _ids(pl.program_id(2), bt)
 
   def body(i, carry):
     dk, dv = carry
@@ -209,7 +235,7 @@ def _attn_dkv_kernel(scale, bt, nq, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_r
     q = q_ref[sl, :]
     do = do_ref[sl, :].astype(jnp.float32)
     s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
-    s = jnp.where(keep[None, :] > 0, s, NEG)
+    s = _mask(s, keep[None, :], _ids(i, bt), kid, causal)
     p = jnp.exp(s - lse_ref[sl][:, None])
     dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
     ds = p * (dp - delta_ref[sl][:, None]) * scale
@@ -229,18 +255,19 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _pallas(q, k, v, keep, block):
-  return _pallas_fwd(q, k, v, keep, block)[0]
+def _pallas(q, k, v, keep, cfg):
+  return _pallas_fwd(q, k, v, keep, cfg)[0]
 
 
-def _pallas_fwd(q, k, v, keep, block):
+def _pallas_fwd(q, k, v, keep, cfg):
+  block, causal = cfg
   b, h, t, d = q.shape
   qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block)
   tp, dp = qp.shape[2], qp.shape[3]
   grid = (b, h, tp // bt)
   keep_spec = pl.BlockSpec((None, tp), lambda b, h, i: (b, 0))
   row_spec = pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i))
-  kernel = functools.partial(_attn_fwd_kernel, d ** -0.5, bt, tp // bt)
+  kernel = functools.partial(_attn_fwd_kernel, d ** -0.5, bt, tp // bt, causal)
   out, lse = _call(
       kernel, grid,
       [_spec(tp, dp, bt, True), _spec(tp, dp, bt, False), _spec(tp, dp, bt, False),
@@ -252,7 +279,8 @@ def _pallas_fwd(q, k, v, keep, block):
   return out, (q, k, v, keep, out, lse)
 
 
-def _pallas_bwd(block, res, d_out):
+def _pallas_bwd(cfg, res, d_out):
+  block, causal = cfg
   q, k, v, keep, out, lse = res
   b, h, t, d = q.shape
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
@@ -266,10 +294,10 @@ def _pallas_bwd(block, res, d_out):
   keep_blk = pl.BlockSpec((None, bt), lambda b, h, i: (b, i))
   row_blk = pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i))
   row_full = pl.BlockSpec((None, None, tp), lambda b, h, i: (b, h, 0))
-  dq = _call(functools.partial(_attn_dq_kernel, d ** -0.5, bt, tp // bt), grid,
+  dq = _call(functools.partial(_attn_dq_kernel, d ** -0.5, bt, tp // bt, causal), grid,
              [blk, full, full, keep_full, blk, row_blk, row_blk], blk,
              jax.ShapeDtypeStruct(qp.shape, q.dtype), qp, kp, vp, keepp, dop, lse, delta)
-  dk, dv = _call(functools.partial(_attn_dkv_kernel, d ** -0.5, bt, tp // bt), grid,
+  dk, dv = _call(functools.partial(_attn_dkv_kernel, d ** -0.5, bt, tp // bt, causal), grid,
                  [full, blk, blk, keep_blk, full, row_full, row_full], [blk, blk],
                  [jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(vp.shape, v.dtype)],
                  qp, kp, vp, keepp, dop, lse, delta)
