@@ -344,6 +344,8 @@ def export_hf_clip(model: CLIPModel, params, folder: str, tokenizer=None):
   end-of-text id of 2 would switch HF CLIP to legacy argmax pooling, so that id is swapped
   with the last vocabulary id in the embedding table, the config and the tokenizer.
   """
+  if not isinstance(model, CLIPModel):
+    raise CheckpointError(f'only CLIP models export to Hugging Face CLIP, not {type(model).__name__}')
   spec = model_spec(model)
   eot = spec['text'].get('eot_token_id')
   swap = None
