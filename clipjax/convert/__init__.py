@@ -115,6 +115,7 @@ def load_params(src: str, target, subtree: Optional[str] = None, format: Optiona
       raise CheckpointError(f'{src}: no subtree {subtree!r} (have {sorted(params)})')
     params = params[key]
   source, wanted = load.flat(params), load.flat(load.unbox(target))
+  del params  # `source` now holds the only references: each is freed once placed.
   problems = [f'{k}: missing' for k in wanted if k not in source]
   problems += [f'{k}: checkpoint {source[k].shape} vs target {wanted[k].shape}'
                for k in wanted if k in source and source[k].shape != wanted[k].shape]
