@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from clipjax.kernels.pallas_losses import pow2_block
+
 NEG = -1e30
 CHUNKED_BLOCK = 128
 PALLAS_BLOCK = 64
@@ -165,7 +167,7 @@ def _interpret():
 
 def _pad_all(q, k, v, keep, block):
   """Pads T to the block and D to a power of two (>= 16) as Triton requires."""
-  bt = _block(q.shape[2], block)
+  bt = pow2_block(q.shape[2], block)
   d_pad = max(16, 1 << (q.shape[-1] - 1).bit_length()) - q.shape[-1]
   pad = lambda a: jnp.pad(_pad_t(a, bt, 2), ((0, 0), (0, 0), (0, 0), (0, d_pad)))
   return pad(q), pad(k), pad(v), _pad_t(keep, bt, 1), bt

@@ -23,6 +23,11 @@ def _interpret():
   return jax.default_backend() != 'gpu'
 
 
+def pow2_block(n, block):
+  """The tile edge: `block`, or `n` rounded up to a power of two (>= 16, Triton's rules)."""
+  return min(block, max(16, 1 << (n - 1).bit_length()))
+
+
 def _pad(a, rows):
   """Zero-pads rows to `rows` and the feature axis to a power of two (Triton block rule)."""
   if a.ndim == 1:
@@ -46,7 +51,7 @@ def _ids(i, block, n, offset):
 
 def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, block):
   """Row statistics of every tile row: grid over row blocks, loop over column blocks."""
-  br, bc = ck.block_size(n, block), ck.block_size(m, block)
+  br, bc = pow2_block(n, block), pow2_block(m, block)
   n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
   rows = [_pad(a, n_pad) for a in rows]
   cols = [_pad(a, m_pad) for a in cols]
@@ -88,7 +93,7 @@ def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, blo
 
 def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, block, num_extras):
   """G @ y per row block (recomputing tiles) and per-row extras, summed to scalars."""
-  br, bc = ck.block_size(n, block), ck.block_size(m, block)
+  br, bc = pow2_block(n, block), pow2_block(m, block)
   n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
   width_in = rows[0].shape[1]
   rows = [_pad(a, n_pad) for a in rows]
