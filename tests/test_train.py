@@ -105,3 +105,17 @@ def test_sharded_steps_equal_single_device(python_subprocess, method, meshes):
     np.testing.assert_allclose(got['losses'], ref['losses'], rtol=2e-5, err_msg=name)
     for a, b in zip(got['params'], ref['params']):
       np.testing.assert_allclose(a, b, atol=2e-5, err_msg=name)
+
+
+def test_init_from_checkpoint_replaces_only_the_named_tower(tmp_path):
+  from clipjax.convert import native
+  donor = Trainer(tiny_config(seed=7), tmp_path / 'donor')
+  donor_params = jax.device_get(donor.initial_state().params)
+  native.save(donor.model, donor_params, str(tmp_path / 'ckpt'), donor.tokenizer)
+  c = tiny_config(init_from=[dict(target='visual', src=str(tmp_path / 'ckpt'), subtree='visual')])
+  params = jax.device_get(Trainer(c, tmp_path / 'run').initial_state().params)
+  fresh = jax.device_get(Trainer(tiny_config(), tmp_path / 'fresh').initial_state().params)
+  for got, want in [(params['visual'], donor_params['visual']), (params['textual'], fresh['textual'])]:
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(donor_params['textual']['proj'], fresh['textual']['proj'])

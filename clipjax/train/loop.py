@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from clipjax import evaluate, sharding
+from clipjax import convert, evaluate, sharding
 from clipjax.evaluate import report
 from clipjax.data import pipeline
 from clipjax.data.tokenizer import Tokenizer
@@ -93,7 +93,12 @@ class Trainer:
     self._evaluators = self._encoder = None
 
   def initial_state(self):
-    return self._init_state(*self._init_rngs)
+    """Fresh state; `config.init_from` entries then overwrite towers from checkpoints."""
+    state = self._init_state(*self._init_rngs)
+    if self.config.get('init_from'):
+      state = state.replace(params=convert.init_params(
+          state.params, self.config.init_from, self.state_sharding.params))
+    return state
 
   def make_loader(self):
     c = self.config
@@ -193,6 +198,9 @@ class Trainer:
         if preempted:
           log.warning('SIGTERM: checkpoint saved at step %d, exiting.', step)
           break
+        if step == start + 1:  # throughput excludes compilation
+          jax.block_until_ready(metrics)
+          t0, n0 = time.perf_counter(), step
     finally:
       self.checkpointer.wait()
       signal.signal(signal.SIGTERM, previous)
