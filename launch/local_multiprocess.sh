@@ -59,6 +59,7 @@ echo "[launcher] ${num_processes} processes x ${devices} CPU devices, coordinato
 for ((i = 0; i < num_processes; i++)); do
   JAX_PROCESS_ID=$i "${python}" -m clipjax.main "$@" > >(sed -u "s/^/[p${i}] /") 2>&1 &
   pids+=("$!")
+  echo "[launcher] process ${i}: pid $!" >&2
 done
 
 status=0

@@ -13,6 +13,7 @@ an uninterrupted one would, with or without worker processes. Samples marked bad
 """
 import collections
 import json
+import logging
 import math
 
 from absl import flags
@@ -22,6 +23,8 @@ from PIL import Image
 
 from clipjax.data import sources, transforms
 from clipjax.data.sources import SKIP_KEY
+
+log = logging.getLogger(__name__)
 
 _COUNTS_KEY = '_skipped'
 DEFAULT_AUGMENT = {'scale': (0.9, 1.0), 'ratio': (3 / 4, 4 / 3)}
@@ -264,11 +267,15 @@ class TrainLoader:
 
   `skipped` holds the cumulative count of dropped samples per reason (from this
   process); `metrics()` flattens it to {'data/skipped': n, 'data/skipped/<reason>': n}.
+  `rows_per_process` is set when this process's stream takes that many rows of each
+  global batch (process_split='batch'): a state saved under another process count is
+  mapped to the same number of global batches.
   """
 
-  def __init__(self, dataset: grain.IterDataset):
+  def __init__(self, dataset: grain.IterDataset, rows_per_process: int | None = None):
     self._dataset = dataset
     self._iter = iter(dataset)
+    self._rows = rows_per_process
     self.skipped = collections.Counter()
 
   def __iter__(self):
@@ -285,14 +292,33 @@ class TrainLoader:
     return out
 
   def get_state(self) -> dict:
-    return {'grain': json.dumps(self._iter.get_state()), 'skipped': dict(self.skipped)}
+    state = {'grain': json.dumps(self._iter.get_state()), 'skipped': dict(self.skipped)}
+    if self._rows:
+      state['rows_per_process'] = self._rows
+    return state
 
   def set_state(self, state: dict) -> None:
-    self._iter.set_state(json.loads(state['grain']))
+    grain_state = json.loads(state['grain'])
+    saved = state.get('rows_per_process')
+    if self._rows and saved and saved != self._rows:
+      grain_state = _rescale_position(grain_state, saved, self._rows)
+    self._iter.set_state(grain_state)
     self.skipped = collections.Counter(state.get('skipped', {}))
 
   def close(self) -> None:
     self._iter.close()
+
+
+def _rescale_position(state: dict, saved_rows: int, rows: int) -> dict:
+  """A 'batch'-split position saved at `saved_rows` rows per process, moved to the same
+  global batch at `rows` per process. Exact unless samples were skipped (then the
+  partial batch is re-read); worker states are per worker and stay as they are."""
+  if set(state) != {'next_index'}:
+    log.warning('Data position %s was saved with %d rows per process, now %d; with '
+                'data.num_workers > 0 it is resumed unchanged, not remapped', state,
+                saved_rows, rows)
+    return state
+  return {'next_index': state['next_index'] // saved_rows * rows}
 
 
 def make_train_loader(source, *, tokenizer, context_length: int, image_size: int,
@@ -343,7 +369,8 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return TrainLoader(ds)
+  batch_split = process_split == 'batch' and not hasattr(source, 'shards')
+  return TrainLoader(ds, global_batch_size // process_count if batch_split else None)
 
 
 def _index_stream(source, seed, process_index, process_count, label_noise, read_threads,

@@ -16,6 +16,9 @@ or coordinator never leaves the others hanging in a collective.
 """
 import logging
 import os
+import socket
+import sys
+import time
 
 import jax
 
@@ -95,6 +98,11 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
   heartbeat_timeout = (heartbeat_timeout or _env_int(os.environ, 'CLIPJAX_HEARTBEAT_TIMEOUT')
                        or DEFAULT_HEARTBEAT_TIMEOUT)
   where = ', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'detected from the cluster environment'
+  log.info('Joining process group (%s); waiting up to %ds for all processes', where, init_timeout)
+  if kwargs.get('process_id') and kwargs.get('coordinator_address'):
+    # JAX aborts the process without a Python error when the coordinator cannot be reached.
+    init_timeout -= wait_for_coordinator(kwargs['coordinator_address'], init_timeout,
+                                         kwargs['process_id'])
   try:
     jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout,
                                heartbeat_timeout_seconds=heartbeat_timeout,
@@ -108,4 +116,38 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, *,
   log.info('Joined process group as process %d of %d (%s); %d local / %d global devices',
            jax.process_index(), jax.process_count(), where, jax.local_device_count(),
            jax.device_count())
+  _explain_runtime_errors(jax.process_index(), jax.process_count())
   return True
+
+
+def _explain_runtime_errors(index: int, count: int) -> None:
+  """A collective that fails because a peer died raises deep inside XLA (e.g. 'Gloo
+  all-reduce failed: Connection reset by peer'); say plainly what that means."""
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    previous(kind, value, tb)
+    if issubclass(kind, jax.errors.JaxRuntimeError):
+      sys.stderr.write(
+          f'clipjax: process {index} of {count} stopped because an operation across processes '
+          'failed. Another process most likely died or was killed: see its log for the '
+          'first error. A restart resumes from the last complete checkpoint.\n')
+  sys.excepthook = hook
+
+
+def wait_for_coordinator(address: str, timeout: float, process_id: int) -> int:
+  """Waits until process 0's coordinator port accepts connections -> whole seconds spent."""
+  host, port = address.rsplit(':', 1)
+  host = host.strip('[]')
+  t0 = time.monotonic()
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=2):
+        return int(time.monotonic() - t0)
+    except OSError as e:
+      if time.monotonic() - t0 > timeout:
+        raise DistributedInitError(
+            f'Process {process_id}: coordinator {address} (process 0) not reachable within '
+            f'{timeout}s (CLIPJAX_INIT_TIMEOUT): {e}. Check that process 0 is running with the '
+            'same --coordinator_address and that the port is open between hosts.') from None
+      time.sleep(0.5)
