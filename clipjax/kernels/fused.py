@@ -34,7 +34,7 @@ def _ops(implementation):
 
 
 def _batch_axes(mesh):
-  """Mesh axes the batch is split over, and the mesh (None: the one set by jax.set_mesh)."""
+  """Mesh axes (of `mesh`, or else the one set by jax.set_mesh) that split the batch."""
   context = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
   if context is None or context.empty:
     return ()
