@@ -6,6 +6,7 @@ from clipjax.methods.base import Method
 _METHODS = {
     'clip': 'clipjax.methods.clip',
     'siglip': 'clipjax.methods.siglip',
+    'tinyclip': 'clipjax.methods.tinyclip',
 }
 
 

@@ -45,6 +45,12 @@ class Method:
     del params, rng
     return {}
 
+  def prepare(self, state):
+    """Outside jit, on a fresh state after `init_from`: a method loads large state here
+    (TinyCLIP's teacher into aux, inherited weights into params) instead of baking it
+    into the jitted init as constants. Not called when resuming from a checkpoint."""
+    return state
+
   def embed(self, params, batch, rng) -> dict:
     del rng
     return self.model.apply({'params': params}, batch['image'], batch['text'])

@@ -1,7 +1,6 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint. Method-agnostic."""
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from clipjax.evaluate import report
 from clipjax.data import pipeline
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.methods import get_method
+from clipjax.train import distributed
 from clipjax.train.checkpoint import Checkpointer, abstract_like
 from clipjax.train.metrics import MetricWriter
 from clipjax.train.optimizer import make_optimizer
@@ -98,7 +98,7 @@ class Trainer:
     if self.config.get('init_from'):
       state = state.replace(params=convert.init_params(
           state.params, self.config.init_from, self.state_sharding.params))
-    return state
+    return self.method.prepare(state)
 
   def make_loader(self):
     c = self.config
@@ -164,8 +164,7 @@ class Trainer:
     state = self.restore_or_init(loader)
     start = int(jax.device_get(state.step))
     writer.truncate_after(start)
-    preempted = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+    preemption = distributed.PreemptionWatch()
     it = iter(loader)
     last, evals = {}, {}
     progress = writer.progress(start, c.total_steps)
@@ -176,6 +175,7 @@ class Trainer:
           batch = sharding.global_batch(next(it), self.mesh)
           state, metrics = self.train_step(state, batch)
         final = step == c.total_steps
+        preempted = preemption.reached(step)
         if step % c.log_every == 0 or final or preempted:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           dt = time.perf_counter() - t0
@@ -203,7 +203,7 @@ class Trainer:
           t0, n0 = time.perf_counter(), step
     finally:
       self.checkpointer.wait()
-      signal.signal(signal.SIGTERM, previous)
+      preemption.close()
       progress.close()
       writer.close()
     if jax.process_index() == 0 and (self.workdir / 'metrics.jsonl').exists():

@@ -1,0 +1,224 @@
+"""TinyCLIP: affinity loss vs float64 numpy and the official PyTorch formulation; the frozen
+teacher in aux; manual weight inheritance."""
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipjax import sharding
+from clipjax.config_base import load_config
+from clipjax.convert import native
+from clipjax.methods import inheritance
+from clipjax.methods.tinyclip import TinyCLIP
+from clipjax.train.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER_STEPS = 40
+
+
+def quick_config(**overrides):
+  c = load_config(str(ROOT / 'configs/quickstart.py'))
+  c.batch_size = 16
+  c.data.train_num_samples = 2000
+  c.tokenizer.train_captions = 300
+  c.loss_implementation = 'xla'
+  c.evals = {}
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def student_config(teacher, inherit='manual', **overrides):
+  c = load_config(str(ROOT / 'configs/tinyclip_quickstart.py'), f'{teacher},{inherit}')
+  c.batch_size = 16
+  c.data.train_num_samples = 2000
+  c.loss_implementation = 'xla'
+  c.evals = {}
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def run_steps(trainer, n, state=None):
+  loader = trainer.make_loader()
+  state = trainer.initial_state() if state is None else state
+  metrics = []
+  for _ in range(n):
+    state, m = trainer.train_step(state, sharding.global_batch(next(loader), trainer.mesh))
+    metrics.append({k: float(v) for k, v in m.items()})
+  return state, metrics
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  """A 4+4-block quickstart CLIP trained briefly with InfoNCE, saved as a native folder."""
+  tmp = tmp_path_factory.mktemp('teacher')
+  trainer = Trainer(quick_config(**{'model.vision': dict(layers=4), 'model.text': dict(layers=4),
+                                    'optim.warmup_steps': 5}), tmp / 'run')
+  state, _ = run_steps(trainer, TEACHER_STEPS)
+  native.save(trainer.model, jax.device_get(state.params), str(tmp / 'teacher'), trainer.tokenizer)
+  return str(tmp / 'teacher')
+
+
+# ---------------------------------------------------------------- the loss
+
+def unit(a):
+  return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def np_reference(xs, ys, xt, yt, ss, st, w_hard):
+  """float64 loss and d/d(xs, ys) of ½CE(rows) + ½CE(cols) + w_hard·InfoNCE."""
+  xs, ys, xt, yt = (a.astype(np.float64) for a in (xs, ys, xt, yt))
+  n = len(xs)
+
+  def softmax(a):
+    e = np.exp(a - a.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+  a, t = ss * xs @ ys.T, st * xt @ yt.T
+  p_r, p_c, q_r, q_c = softmax(t), softmax(t.T).T, softmax(a), softmax(a.T).T
+  soft = 0.5 * (-(p_r * np.log(q_r)).sum(1).mean() - (p_c * np.log(q_c)).sum(0).mean())
+  eye = np.eye(n)
+  hard = 0.5 * (-(np.log(q_r) * eye).sum(1).mean() - (np.log(q_c) * eye).sum(0).mean())
+  g = 0.5 / n * (q_r - p_r + q_c - p_c) + w_hard * 0.5 / n * (q_r + q_c - 2 * eye)
+  return soft + w_hard * hard, ss * g @ ys, ss * g.T @ xs
+
+
+def method_for(teacher_dir, **tinyclip):
+  c = student_config(teacher_dir)
+  c.model.vocab_size, c.model.eot_token_id = _teacher_vocab(teacher_dir)
+  c.tinyclip.update(tinyclip)
+  return TinyCLIP(c)
+
+
+def _teacher_vocab(teacher_dir):
+  m, _ = native.load_native(teacher_dir)
+  return m.text['vocab_size'], m.text['eot_token_id']
+
+
+def embeddings(n=12, d=16, seed=0):
+  """Student and teacher embeddings, noisy enough that scale-50 affinities stay soft."""
+  rng = np.random.default_rng(seed)
+  base = rng.normal(size=(n, d))
+  return [unit(base + s * rng.normal(size=(n, d))).astype(np.float32) for s in (2.0, 2.0, 1.5, 1.5)]
+
+
+@pytest.mark.parametrize('impl', ['xla', 'chunked'])
+@pytest.mark.parametrize('w_hard', [0.0, 0.3])
+def test_method_loss_matches_float64_numpy(teacher_dir, impl, w_hard):
+  method = method_for(teacher_dir, infonce_weight=w_hard)
+  method.config.loss_implementation = impl
+  xs, ys, xt, yt = embeddings()
+  fn = lambda x, y: method.loss_from_embeddings(
+      None, dict(image_emb=x, text_emb=y, teacher_image_emb=xt, teacher_text_emb=yt), None)[0]
+  loss, (gx, gy) = jax.value_and_grad(fn, argnums=(0, 1))(xs, ys)
+  want, wx, wy = np_reference(xs, ys, xt, yt, 50.0, 50.0, w_hard)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_allclose(gx, wx, atol=2e-6, rtol=1e-4)
+  np.testing.assert_allclose(gy, wy, atol=2e-6, rtol=1e-4)
+
+
+def torch_official(xs, ys, xt, yt, ss, st, world_size):
+  """Cream/TinyCLIP `ClipSoftLoss` (local_loss, gather_with_grad) on `world_size` simulated
+  ranks; DDP averages the ranks' gradients, so the objective is the mean of rank losses."""
+  torch = pytest.importorskip('torch')
+  f = torch.nn.functional
+  xs, ys = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (xs, ys))
+  xt, yt = (torch.tensor(a, dtype=torch.float64) for a in (xt, yt))
+  per_rank = []
+  for r, rows in enumerate(torch.arange(len(xs)).chunk(world_size)):
+    del r
+    logits_per_image, logits_per_text = ss * xs[rows] @ ys.T, ss * ys[rows] @ xs.T
+    t_image, t_text = st * xt[rows] @ yt.T, st * yt[rows] @ xt.T
+    single = lambda s, t: f.cross_entropy(s, f.softmax(t, -1))
+    per_rank.append((single(logits_per_image, t_image) + single(logits_per_text, t_text)) / 2)
+  loss = torch.stack(per_rank).mean()
+  loss.backward()
+  return loss.item(), xs.grad.numpy(), ys.grad.numpy()
+
+
+@pytest.mark.parametrize('logit_scale', [50.0, 0.0])
+def test_method_loss_matches_official_pytorch(teacher_dir, logit_scale):
+  method = method_for(teacher_dir, logit_scale=logit_scale)
+  xs, ys, xt, yt = embeddings(seed=3)
+  params = {'log_logit_scale': jnp.log(jnp.float32(20.0))}  # the learned scale when not fixed
+  method.scale_and_bias = lambda p: {'logit_scale': jnp.exp(p['log_logit_scale'])}
+  fn = lambda x, y: method.loss_from_embeddings(params, dict(
+      image_emb=x, text_emb=y, teacher_image_emb=xt, teacher_text_emb=yt,
+      teacher_logit_scale=jnp.float32(30.0)), None)[0]
+  loss, (gx, gy) = jax.value_and_grad(fn, argnums=(0, 1))(xs, ys)
+  ss, st = (50.0, 50.0) if logit_scale else (20.0, 30.0)
+  want, wx, wy = torch_official(xs, ys, xt, yt, ss, st, world_size=4)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_allclose(gx, wx, atol=2e-6, rtol=1e-4)
+  np.testing.assert_allclose(gy, wy, atol=2e-6, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the teacher in aux
+
+def test_frozen_teacher_in_aux_and_distillation_learns(teacher_dir, tmp_path):
+  trainer = Trainer(student_config(teacher_dir, 'none', **{'optim.warmup_steps': 2}), tmp_path)
+  _, teacher = native.load_native(teacher_dir)
+  state, metrics = run_steps(trainer, 12)
+  state = jax.device_get(state)
+  for a, b in zip(jax.tree_util.tree_leaves(state.aux['teacher']),
+                  jax.tree_util.tree_leaves(teacher)):
+    np.testing.assert_array_equal(a, b)
+  n_params = len([x for x in jax.tree_util.tree_leaves(state.params) if np.ndim(x) > 0])
+  adam = [x for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0]
+  assert len(adam) == 2 * n_params  # mu and nu of the student only, none for the teacher
+  losses = [m['distill_loss'] for m in metrics]
+  assert losses[-1] < losses[0] - 0.2, losses
+  assert all(m['logit_scale'] == 50.0 for m in metrics)
+
+
+# ---------------------------------------------------------------- manual inheritance
+
+def test_layer_map_is_interval_front():
+  assert inheritance.layer_map(12, 6) == [0, 2, 4, 6, 8, 10]
+  assert inheritance.layer_map(12, 9) == list(range(9))
+  assert inheritance.layer_map(4, 1) == [0]
+  with pytest.raises(ValueError, match='more than'):
+    inheritance.layer_map(2, 3)
+
+
+def test_same_size_student_reproduces_teacher(teacher_dir, tmp_path):
+  c = student_config(teacher_dir, **{'model.vision': dict(layers=4), 'model.text': dict(layers=4)})
+  trainer = Trainer(c, tmp_path)
+  state = trainer.initial_state()
+  teacher_model, teacher = native.load_native(teacher_dir)
+  batch = next(trainer.make_loader())
+  for method in ('encode_image', 'encode_text'):
+    x = batch['image'] if method == 'encode_image' else batch['text']
+    got = trainer.model.apply({'params': state.params}, x, method=method)
+    want = teacher_model.apply({'params': teacher}, x, method=method)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_inheritance_slices_heads_and_layers(teacher_dir):
+  _, teacher = native.load_native(teacher_dir)
+  target = {'visual': {'transformer': {
+      'block_0': {'attn': {'query': {'kernel': np.zeros((32, 2, 16), np.float32)},
+                           'out': {'kernel': np.zeros((2, 16, 32), np.float32)}}},
+      'block_1': {'attn': {'query': {'kernel': np.zeros((32, 2, 16), np.float32)}}}}}}
+  got = inheritance.inherit(teacher, target)['visual']['transformer']
+  t = teacher['visual']['transformer']
+  np.testing.assert_array_equal(got['block_1']['attn']['query']['kernel'],
+                                np.asarray(t['block_2']['attn']['query']['kernel'])[:32, :2])
+  np.testing.assert_array_equal(got['block_0']['attn']['out']['kernel'],
+                                np.asarray(t['block_0']['attn']['out']['kernel'])[:2, :, :32])
+  with pytest.raises(ValueError, match='leading slice'):
+    inheritance.inherit(teacher, {'visual': {'proj': np.zeros((65, 64))}})
+
+
+def test_inherited_student_starts_far_lower(teacher_dir, tmp_path):
+  """1+1 blocks of width 32 from the 4+4 x 64 teacher: distillation loss at step 0."""
+  first = {}
+  for inherit in ('manual', 'none'):
+    trainer = Trainer(student_config(teacher_dir, inherit), tmp_path / inherit)
+    state = trainer.initial_state()
+    batch = sharding.global_batch(next(trainer.make_loader()), trainer.mesh)
+    first[inherit] = float(trainer.method.loss(state.params, state.aux, batch,
+                                               jax.random.PRNGKey(0))[0])
+  print('distillation loss at init', first)
+  assert first['manual'] < 0.7 * first['none'], first
