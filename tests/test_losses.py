@@ -173,6 +173,8 @@ MESH_SCRIPT = textwrap.dedent('''
     for name, fn in cases.items():
       want = wants[name]
       for impl in impls:
+        if impl == 'pallas' and len(shape) < 3:  # interpreted: slow; the 3-axis mesh suffices
+          continue
         with jax.set_mesh(mesh):
           step = jax.value_and_grad(fn, argnums=(0, 1, 4))
           if impl != 'xla':  # the lean paths must run per device, not via GSPMD
@@ -197,6 +199,6 @@ def run_on_8_devices(impls):
 
 def test_sharded_equals_single_device():
   errors = run_on_8_devices(list(IMPLS))
-  assert len(errors) == 9 * len(IMPLS)
+  assert len(errors) == 9 * (len(IMPLS) - 1) + 3
   for case, err in errors.items():
     assert err < 5e-5, (case, err)
