@@ -212,7 +212,8 @@ def losses(workdir):
 @pytest.mark.slow
 def test_two_processes_train_like_eight_devices_and_resume_on_four(tmp_path):
   """2 processes x 4 devices == 1 process x 8 devices; the 2-process checkpoint continues
-  in 1 process x 4 devices exactly as the uninterrupted 8-device run."""
+  in 1 process x 4 devices exactly as the uninterrupted 8-device run; 2-process evals
+  equal 1-process evals."""
   multi = launch(2, tmp_path / 'multi', '--config.total_steps=5', '--config.checkpoint_every=5',
                  DEVICES_PER_PROCESS='4')
   ref = single(8, tmp_path / 'ref', '--config.total_steps=7', '--config.checkpoint_every=5')
@@ -226,30 +227,61 @@ def test_two_processes_train_like_eight_devices_and_resume_on_four(tmp_path):
   assert sorted(got) == sorted(want) == list(range(1, 8))
   np.testing.assert_allclose([got[s] for s in range(1, 8)], [want[s] for s in range(1, 8)],
                              rtol=2e-5, atol=2e-6)
+  # Evaluation of one checkpoint: 2 processes (gathered) == 1 process.
+  shutil.copytree(tmp_path / 'multi', tmp_path / 'one')
+  multi = launch(2, tmp_path / 'multi', '--config.mode=eval', DEVICES_PER_PROCESS='4')
+  finish(single(4, tmp_path / 'one', '--config.mode=eval'))
+  finish(multi)
+  evals = [json.loads((tmp_path / d / 'eval.json').read_text()) for d in ('multi', 'one')]
+  assert evals[0] == evals[1] and 'shapes_shape/zeroshot_top1' in evals[0]
+
+
+def _start_and_wait_for_training(tmp_path, **env):
+  """Launches 2 long-running processes; returns (launcher, log path, pids) once process 0
+  has logged two steps."""
+  log = tmp_path / 'log.txt'
+  with log.open('w') as f:
+    proc = launch(2, tmp_path / 'run', '--config.total_steps=100000',
+                  '--config.checkpoint_every=100000', DEVICES_PER_PROCESS='2', stdout=f, **env)
+  metrics, t0 = tmp_path / 'run' / 'metrics.jsonl', time.time()
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+    assert proc.poll() is None and time.time() - t0 < 600, log.read_text()[-5000:]
+    time.sleep(0.2)
+  pids = dict(map(int, l.split('process ')[1].split(': pid '))
+              for l in log.read_text().splitlines() if l.startswith('[launcher] process '))
+  return proc, log, pids
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_checkpoints_all_at_the_same_step(tmp_path):
+  """A preemption notice reaching one host stops every process at one agreed step, after
+  a complete collective checkpoint, and all exit cleanly."""
+  proc, log, pids = _start_and_wait_for_training(tmp_path)
+  os.kill(pids[1], signal.SIGTERM)
+  try:
+    assert proc.wait(timeout=180) == 0, log.read_text()[-5000:]
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  saved = [p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()]
+  last = max(losses(tmp_path / 'run'))
+  assert saved == [str(last)] and last < 100000
+  assert 'SIGTERM: checkpoint saved' in log.read_text()
 
 
 @pytest.mark.slow
 def test_killing_one_process_ends_the_other_with_a_clear_error(tmp_path):
-  """The survivor is ended by the JAX coordination service (heartbeats), not by the
+  """The survivor is ended by JAX (a failed collective or missed heartbeats), not by the
   launcher: its SIGTERM -> SIGKILL grace is longer than the test waits."""
-  log = tmp_path / 'log.txt'
-  with log.open('w') as f:
-    proc = launch(2, tmp_path, '--config.total_steps=100000', '--config.checkpoint_every=100000',
-                  DEVICES_PER_PROCESS='2', CLIPJAX_HEARTBEAT_TIMEOUT='10', KILL_GRACE='600',
-                  stdout=f)
-    metrics, t0 = tmp_path / 'metrics.jsonl', time.time()
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-      assert proc.poll() is None and time.time() - t0 < 600, log.read_text()[-5000:]
-      time.sleep(0.2)
-    pids = dict(map(int, l.split('process ')[1].split(': pid '))
-                for l in log.read_text().splitlines() if l.startswith('[launcher] process '))
-    os.kill(pids[1], signal.SIGKILL)
-    t0 = time.time()
-    try:
-      proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      raise AssertionError('process 0 still running 120s after process 1 was killed')
+  proc, log, pids = _start_and_wait_for_training(
+      tmp_path, CLIPJAX_HEARTBEAT_TIMEOUT='10', KILL_GRACE='600')
+  os.kill(pids[1], signal.SIGKILL)
+  t0 = time.time()
+  try:
+    proc.wait(timeout=120)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError('process 0 still running 120s after process 1 was killed')
   elapsed, out = time.time() - t0, log.read_text()
   assert proc.returncode != 0
   assert 'process 1 (pid' in out and 'exited with status' in out
@@ -345,3 +377,4 @@ def test_tpu_dry_run_prints_create_copy_install_start_and_follow(tmp_path):
   got = json.loads((tmp_path / 'record.json').read_text())
   assert got['argv'] == ['-m', 'clipjax.main', *ARGS]
   assert got['env'] == {'CLIPJAX_DISTRIBUTED': '1'}
+

@@ -16,11 +16,13 @@ or coordinator never leaves the others hanging in a collective.
 """
 import logging
 import os
+import signal
 import socket
 import sys
 import time
 
 import jax
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +153,35 @@ def wait_for_coordinator(address: str, timeout: float, process_id: int) -> int:
             f'{timeout}s (CLIPJAX_INIT_TIMEOUT): {e}. Check that process 0 is running with the '
             'same --coordinator_address and that the port is open between hosts.') from None
       time.sleep(0.5)
+
+
+class PreemptionWatch:
+  """When the train loop should checkpoint and stop after a SIGTERM (preemption, a SLURM
+  time limit, `kill`).
+
+  One process: a SIGTERM handler sets a flag. A process group: JAX's preemption sync
+  service takes the SIGTERM on whichever process gets it and names one step at which
+  every process stops; per-process flags would stop processes at different steps and
+  deadlock them in the collective checkpoint.
+  """
+
+  def __init__(self):
+    self._group = jax.process_count() > 1
+    self._signalled = False
+    self._previous = None
+    if not self._group:  # a Python handler would hide SIGTERM from JAX's service
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, *_):
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    """Call once per step on every process, with the same `step`."""
+    if self._group:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
