@@ -11,11 +11,12 @@ from clipjax import config_base as common
 def get_config(method: str = 'clip') -> ConfigDict:
   c = common.base_config()
   c.method = method
-  c.total_steps = 300
+  # Colour is learned in ~200 steps; shapes on held-out colour combinations need ~1000.
+  c.total_steps = 1500
   c.batch_size = 64
-  c.log_every = 10
-  c.eval_every = 100
-  c.checkpoint_every = 100
+  c.log_every = 25
+  c.eval_every = 500
+  c.checkpoint_every = 500
 
   c.model = ConfigDict(dict(name='tiny', image_size=32, patch_size=8, context_length=24,
                             pool='cls', dtype='float32',

@@ -108,3 +108,14 @@ def test_non_finite_loss_stops_without_overwriting_checkpoint(tmp_path):
   assert steps == [5]
   for a, b in zip(jax_leaves(before), jax_leaves(final_params(tmp_path, 5))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_eval_mode_reproduces_numbers_logged_in_training(tmp_path):
+  evals = ['--config.eval_every=6']
+  run(tmp_path, '--config.total_steps=6', *evals)
+  logged = json.loads((tmp_path / 'eval.json').read_text())
+  (tmp_path / 'eval.json').unlink()
+  run(tmp_path, '--config.total_steps=6', '--config.mode=eval', *evals)
+  again = json.loads((tmp_path / 'eval.json').read_text())
+  assert logged.pop('step') == 6
+  assert logged and logged == again
