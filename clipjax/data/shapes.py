@@ -29,7 +29,7 @@ POSITIONS = ('left', 'right', 'top', 'bottom', 'centre')
 # Object centres as fractions of the image side (x, y).
 _CENTRES = {'left': (0.24, 0.5), 'right': (0.76, 0.5), 'top': (0.5, 0.24),
             'bottom': (0.5, 0.76), 'centre': (0.5, 0.5)}
-_RADII = {'small': 0.13, 'large': 0.23}  # fractions of the image side; small ones never overlap
+_RADII = {'small': 0.16, 'large': 0.25}  # fractions of the image side; big enough for 8px patches
 _POSITION_PHRASES = {
     'left': ('on the left', 'at the left', 'on the left side'),
     'right': ('on the right', 'at the right', 'on the right side'),
