@@ -183,6 +183,15 @@ MESH_SCRIPT = textwrap.dedent('''
         err = max(float(jnp.max(jnp.abs(g - w))) for g, w in
                   zip(jax.tree.leaves(got), jax.tree.leaves(want)))
         out[f'{shape} {name} {impl}'] = err
+  # An explicit mesh= works without jax.set_mesh; a batch that does not split is refused.
+  explicit = jax.jit(lambda a, b: losses.clip_loss(a, b, 14.3, implementation='chunked',
+                                                   mesh=mesh))(*args[:2])
+  out['explicit mesh='] = float(jnp.abs(explicit - wants['clip'][0]))
+  try:
+    losses.clip_loss(xs[:42], ys[:42], 14.3, implementation='chunked', mesh=mesh)
+    out['indivisible batch refused'] = 1.0
+  except ValueError as e:
+    out['indivisible batch refused'] = 0.0 if 'does not split' in str(e) else 1.0
   print(json.dumps(out))
 ''')
 
@@ -199,6 +208,6 @@ def run_on_8_devices(impls):
 
 def test_sharded_equals_single_device():
   errors = run_on_8_devices(list(IMPLS))
-  assert len(errors) == 9 * (len(IMPLS) - 1) + 3
+  assert len(errors) == 9 * (len(IMPLS) - 1) + 3 + 2
   for case, err in errors.items():
     assert err < 5e-5, (case, err)
