@@ -34,7 +34,7 @@ def test_heldout_combos_disjoint_from_train():
   assert not shapes.HELDOUT_COMBOS & shapes.TRAIN_COMBOS
   assert len(shapes.HELDOUT_COMBOS) == 12
   assert {s for s, _ in shapes.TRAIN_COMBOS} == set(shapes.SHAPES)
-  assert {c for _, c in shapes.TRAIN_COMBOS} == set(shapes.COLOUR_NAMES)
+  assert {c for _, c in shapes.TRAIN_COMBOS} == set(shapes.COLOURS)  # 8 + 6 train-only
   assert {s for s, _ in shapes.HELDOUT_COMBOS} == set(shapes.SHAPES)
   assert {c for _, c in shapes.HELDOUT_COMBOS} == set(shapes.COLOUR_NAMES)
   for split, combos in (('train', shapes.TRAIN_COMBOS), ('heldout', shapes.HELDOUT_COMBOS)):
