@@ -19,7 +19,7 @@ def get_config(method: str = 'clip') -> ConfigDict:
   c.checkpoint_every = 500
 
   c.model = ConfigDict(dict(name='tiny', image_size=32, patch_size=8, context_length=24,
-                            pool='cls', dtype='float32',
+                            pool='cls', dtype='float32', attention_impl='xla',
                             remat=False))
   c.tokenizer.vocab_size = 512
   c.data = common.synthetic_data(train_num_samples=50_000)

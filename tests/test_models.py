@@ -97,3 +97,16 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(v)))
   out = model.apply(v, jnp.ones((2, 32, 32, 3)), jnp.ones((2, 12), jnp.int32))
   assert out['image_emb'].dtype == jnp.float32
+
+
+@pytest.mark.parametrize('impl', ['chunked', 'pallas'])
+def test_attention_kernels_are_drop_in_for_both_towers(model_and_params, impl):
+  model, params = model_and_params
+  fast = tiny(attention_impl=impl)
+  images = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
+  ids = jnp.array([[1, 5, 6, 7, 2, 0, 0, 0, 0, 0, 0, 0], [1, 9, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+  keep = jnp.tile(jnp.arange(0, 16, 3)[None], (2, 1))
+  for method, args in (('encode_text', (ids,)), ('encode_image', (images, keep))):
+    want = model.apply({'params': params}, *args, method=method)
+    got = fast.apply({'params': params}, *args, method=method)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)

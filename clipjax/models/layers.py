@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clipjax.kernels.attention import masked_attention
+
 Dtype = Any
 
 
@@ -52,11 +54,15 @@ def attention(q, k, v, mask=None):
 
 
 class MultiHeadAttention(nn.Module):
+  """`implementation`: 'xla' (reference, any mask) or a `clipjax.kernels.attention` kernel
+  ('chunked', 'pallas', 'auto'), which takes a per-key keep mask and causality only."""
   heads: int
   dtype: Dtype = jnp.float32
+  implementation: str = 'xla'
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, *, keep=None, causal: bool = False):
+    """mask: broadcasts to [B, H, Tq, Tk]; keep: [B, T] bool keys to attend to."""
     width = x.shape[-1]
     head_dim = width // self.heads
     proj = lambda name: nn.DenseGeneral(
@@ -64,7 +70,18 @@ class MultiHeadAttention(nn.Module):
         kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
         bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))
     q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
-    out = attention(q, k, v, mask)
+    if self.implementation == 'xla':
+      length = x.shape[1]
+      for extra in (keep[:, None, None, :] if keep is not None else None,
+                    jnp.tril(jnp.ones((length, length), bool))[None, None] if causal else None):
+        if extra is not None:
+          mask = extra if mask is None else mask & extra
+      out = attention(q, k, v, mask)
+    elif mask is not None:
+      raise ValueError(f'An arbitrary attention mask needs implementation="xla", '
+                       f'got {self.implementation!r}; kernels take keep= and causal=')
+    else:
+      out = masked_attention(q, k, v, keep, causal=causal, implementation=self.implementation)
     return nn.DenseGeneral(
         width, axis=(-2, -1), dtype=self.dtype, name='out',
         kernel_init=logical_param(nn.initializers.xavier_uniform(), ('heads', 'kv', 'embed')),
@@ -83,12 +100,14 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   act: str = 'gelu'
   dtype: Dtype = jnp.float32
+  causal: bool = False
+  attention_impl: str = 'xla'
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, keep=None):
     width = x.shape[-1]
-    x = x + MultiHeadAttention(self.heads, self.dtype, name='attn')(
-        layer_norm('ln_1', dtype=self.dtype)(x), mask)
+    x = x + MultiHeadAttention(self.heads, self.dtype, self.attention_impl, name='attn')(
+        layer_norm('ln_1', dtype=self.dtype)(x), keep=keep, causal=self.causal)
     x = x + MLP(int(width * self.mlp_ratio), self.act, self.dtype, name='mlp')(
         layer_norm('ln_2', dtype=self.dtype)(x))
     return x
@@ -101,12 +120,15 @@ class Transformer(nn.Module):
   act: str = 'gelu'
   remat: bool = False
   dtype: Dtype = jnp.float32
+  causal: bool = False
+  attention_impl: str = 'xla'
 
   @nn.compact
-  def __call__(self, x, mask=None, return_hidden: bool = False):
+  def __call__(self, x, keep=None, return_hidden: bool = False):
     block_cls = nn.remat(Block) if self.remat else Block
     hidden = []
     for i in range(self.layers):
-      x = block_cls(self.heads, self.mlp_ratio, self.act, self.dtype, name=f'block_{i}')(x, mask)
+      x = block_cls(self.heads, self.mlp_ratio, self.act, self.dtype, self.causal,
+                    self.attention_impl, name=f'block_{i}')(x, keep)
       hidden.append(x)
     return (x, hidden) if return_hidden else x

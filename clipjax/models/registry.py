@@ -50,7 +50,7 @@ def model_spec(name: str, **overrides) -> dict:
       spec['vision'][key] = value
     elif key in ('vocab_size', 'context_length', 'eot_token_id'):
       spec['text'][key] = value
-    elif key in ('act', 'mlp_ratio', 'remat'):
+    elif key in ('act', 'mlp_ratio', 'remat', 'attention_impl'):
       spec['vision'][key] = spec['text'][key] = value
     else:
       spec[key] = value

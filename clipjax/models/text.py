@@ -25,6 +25,7 @@ class TextTransformer(nn.Module):
   mlp_ratio: float = 4.0
   act: str = 'gelu'
   remat: bool = False
+  attention_impl: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -38,9 +39,8 @@ class TextTransformer(nn.Module):
                      (self.context_length, self.width))
     length = ids.shape[-1]
     x = (jnp.take(embed, ids, axis=0) + pos[:length]).astype(self.dtype)
-    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
-                    name='transformer')(x, causal)
+                    causal=True, attention_impl=self.attention_impl, name='transformer')(x)
     x = layer_norm('ln_final', dtype=self.dtype)(x)
     pooled = x[jnp.arange(x.shape[0]), eot_positions(ids, self.eot_token_id)]
     proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),

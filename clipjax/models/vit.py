@@ -46,6 +46,7 @@ class VisionTransformer(nn.Module):
   act: str = 'gelu'
   pool: str = 'cls'  # 'cls' (CLIP), 'map' (attention pool), 'gap' (mean of tokens)
   remat: bool = False
+  attention_impl: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -76,7 +77,7 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([cls, x], axis=1)
     x = layer_norm('ln_pre', dtype=self.dtype)(x)
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
-                    name='transformer')(x)
+                    attention_impl=self.attention_impl, name='transformer')(x)
     if self.pool == 'cls':
       pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0])
     elif self.pool == 'gap':
