@@ -1,0 +1,268 @@
+"""TinyCLIP automatic weight inheritance: hard-concrete L0 masks, the sparsity Lagrangian,
+and the fold-and-prune to a dense smaller model (Cream/TinyCLIP `l0module.py`, CoFi).
+
+Per tower, three mask groups (log-alphas, initialised to 10, i.e. mask ~ 1):
+  hidden [D]        residual width, shared by all layers: embeddings, every LayerNorm
+                    (normalised over the kept dims only), attention and MLP outputs;
+  heads [L, H]      attention heads, applied to head outputs before `out`;
+  intermediate [L, I]  MLP neurons, applied after the activation.
+Training samples one mask per step for the whole batch; at prune time the masks become
+deterministic (`deterministic`), their soft values are folded into the weights and the zero
+rows and columns removed (`prune`). Pruned layers keep their own head and neuron counts, so
+the dense result runs through `encode` (shape-driven), not through the uniform `CLIPModel`.
+
+`encode(params, spec, tower, inputs, masks)` is a functional copy of our towers
+(clipjax/models/{vit,text,layers}.py, 'cls' pooling); with unit masks it equals the model.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipjax.models.layers import ACTIVATIONS, attention
+
+LIMIT_A, LIMIT_B, EPS = -0.1, 1.1, 1e-6
+BETA = 2.0 / 3.0          # hard-concrete temperature
+MAGIC = 0.8               # deterministic soft mask: sigmoid(loga / beta * 0.8)
+INIT_LOGA = 10.0
+LOGA_RANGE = (math.log(1e-2), math.log(1e2))
+INIT_LAMBDA = 10.0
+LN_EPS = 1e-5
+
+
+# ------------------------------------------------------------------ masks and sparsity
+
+def tower_dims(params, tower: str) -> dict:
+  """(width D, layers L, heads H, mlp width I) of a tower's (unpruned) params."""
+  t = params[tower]['transformer']
+  blocks = sorted((k for k in t), key=lambda k: int(k.split('_')[1]))
+  d, h, _ = t[blocks[0]]['attn']['query']['kernel'].shape
+  return dict(width=d, layers=len(blocks), heads=h,
+              mlp=t[blocks[0]]['mlp']['fc1']['kernel'].shape[1])
+
+
+def init_logas(dims: dict) -> dict:
+  full = lambda *s: jnp.full(s, INIT_LOGA, jnp.float32)
+  return dict(hidden=full(dims['width']), heads=full(dims['layers'], dims['heads']),
+              intermediate=full(dims['layers'], dims['mlp']))
+
+
+def clamp(logas):
+  """After every step (official `constrain_parameters`): loga in [ln 0.01, ln 100]."""
+  return jax.tree_util.tree_map(lambda a: jnp.clip(a, *LOGA_RANGE), logas)
+
+
+def sample(logas, rng):
+  """One hard-concrete sample per mask entry, shared by the whole batch."""
+  leaves, treedef = jax.tree_util.tree_flatten(logas)
+  rngs = jax.random.split(rng, len(leaves))
+  out = []
+  for a, r in zip(leaves, rngs):
+    u = jax.random.uniform(r, a.shape, minval=EPS, maxval=1 - EPS)
+    s = jax.nn.sigmoid((jnp.log(u) - jnp.log(1 - u) + a) / BETA)
+    out.append(jnp.clip(s * (LIMIT_B - LIMIT_A) + LIMIT_A, 0.0, 1.0))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def score(loga):
+  """P(z > 0) under the stretched hard-concrete distribution."""
+  xn = (0.0 - LIMIT_A) / (LIMIT_B - LIMIT_A)
+  cdf = jax.nn.sigmoid(math.log(xn / (1 - xn)) * BETA - loga)
+  return 1.0 - jnp.clip(cdf, EPS, 1 - EPS)
+
+
+def prunable_size(dims) -> int:
+  d, l, i = dims['width'], dims['layers'], dims['mlp']
+  return l * (4 * d * d + 4 * d) + l * (2 * d * i + d + i)
+
+
+def expected_remaining(logas, dims):
+  """Expected kept prunable parameters (official `get_num_parameters_and_constraint`)."""
+  d = dims['width']
+  per_head = (4 * d * d + 4 * d) // dims['heads']
+  hidden = jnp.sum(score(logas['hidden']))
+  heads = jnp.sum(score(logas['heads'])) * hidden * per_head / d
+  return heads + 2 * jnp.sum(score(logas['intermediate'])) * hidden
+
+
+def expected_sparsity(masks: dict, dims: dict):
+  """Joint over towers (`--total-loss-flag`): 1 - sum remaining / sum prunable."""
+  kept = sum(expected_remaining(masks[t], dims[t]) for t in masks)
+  return 1.0 - kept / sum(prunable_size(dims[t]) for t in masks)
+
+
+def target_sparsity(step, start: float, target: float, warmup: int):
+  return start + (target - start) * jnp.minimum(1.0, step / max(warmup, 1))
+
+
+def lagrangian(expected, target, lambdas):
+  """One-sided: only too little sparsity is penalised. The multipliers are trained by
+  gradient ascent (see `ascent`), so they grow while the constraint is violated."""
+  gap = jnp.maximum(target - expected, 0.0)
+  return lambdas['lambda_1'] * gap + lambdas['lambda_2'] * gap ** 2
+
+
+@jax.custom_vjp
+def ascent(x):
+  """Identity whose gradient is negated: a descent optimizer then ascends on `x`."""
+  return x
+
+
+ascent.defvjp(lambda x: (x, None), lambda _, g: (-g,))
+
+
+def deterministic(loga):
+  """Eval-mode mask (official `_deterministic_z`): soft values, with the
+  round(size - sum P(z>0)) smallest set to 0, per row for [L, N] groups."""
+  loga = np.asarray(loga, np.float64)
+  if loga.ndim == 2:
+    return np.stack([deterministic(row) for row in loga])
+  soft = 1.0 / (1.0 + np.exp(-loga / BETA * MAGIC))
+  xn = (0.0 - LIMIT_A) / (LIMIT_B - LIMIT_A)
+  cdf = np.clip(1.0 / (1.0 + np.exp(-(math.log(xn / (1 - xn)) * BETA - loga))), EPS, 1 - EPS)
+  zeros = int(round(loga.size - np.sum(1.0 - cdf)))
+  if zeros > 0:
+    soft[np.argsort(soft, kind='stable')[:zeros]] = 0.0
+  return soft.astype(np.float32)
+
+
+def deterministic_masks(masks):
+  return {t: {k: deterministic(v) for k, v in m.items()} for t, m in masks.items()}
+
+
+# ------------------------------------------------------------------ masked forward
+
+def _layer_norm(x, p, keep=None):
+  """LayerNorm over the kept dims only (zeros elsewhere), as the official masked LN."""
+  x = x.astype(jnp.float32)
+  if keep is None:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * p['scale'] + p['bias']
+  n = jnp.sum(keep)
+  mean = jnp.sum(x * keep, -1, keepdims=True) / n
+  var = jnp.sum(((x - mean) * keep) ** 2, -1, keepdims=True) / n
+  return ((x - mean) * jax.lax.rsqrt(var + LN_EPS) * p['scale'] + p['bias']) * keep
+
+
+def _block(x, p, act, attn_mask, hidden, heads, inter):
+  keep = None if hidden is None else (hidden != 0).astype(jnp.float32)
+  h = _layer_norm(x, p['ln_1'], keep)
+  a = p['attn']
+  q, k, v = (jnp.einsum('btd,dhk->bthk', h, a[n]['kernel']) + a[n]['bias']
+             for n in ('query', 'key', 'value'))
+  o = attention(q, k, v, attn_mask)
+  if heads is not None:
+    o = o * heads[None, None, :, None]
+  y = jnp.einsum('bthk,hkd->btd', o, a['out']['kernel']) + a['out']['bias']
+  x = x + (y if hidden is None else y * hidden)
+  h = _layer_norm(x, p['ln_2'], keep)
+  m = p['mlp']
+  f = ACTIVATIONS[act](h @ m['fc1']['kernel'] + m['fc1']['bias'])
+  if inter is not None:
+    f = f * inter
+  y = f @ m['fc2']['kernel'] + m['fc2']['bias']
+  return x + (y if hidden is None else y * hidden)
+
+
+def _transformer(x, p, act, attn_mask, masks):
+  hidden = None if masks is None else masks['hidden']
+  for i in range(len(p)):
+    x = _block(x, p[f'block_{i}'], act, attn_mask, hidden,
+               None if masks is None else masks['heads'][i],
+               None if masks is None else masks['intermediate'][i])
+  return x
+
+
+def encode(params, spec, tower: str, inputs, masks=None):
+  """Projected embedding (before L2 norm) of `inputs` through `params[tower]`, optionally
+  under masks {'hidden', 'heads', 'intermediate'}. spec: the CLIPModel's vision/text dict."""
+  p = params[tower]
+  act = spec.get('act', 'gelu')
+  hidden = None if masks is None else masks['hidden']
+  keep = None if hidden is None else (hidden != 0).astype(jnp.float32)
+  if tower == 'visual':
+    if spec.get('pool', 'cls') != 'cls':
+      raise ValueError(f'l0.encode: only pool="cls" towers, got {spec.get("pool")!r}')
+    w = p['patch_embed']['kernel']
+    x = jax.lax.conv_general_dilated(
+        inputs.astype(jnp.float32), w, w.shape[:2], 'VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    b = x.shape[0]
+    x = x.reshape(b, -1, x.shape[-1]) + p['pos_embed'][1:]
+    cls = jnp.broadcast_to(p['cls_token'] + p['pos_embed'][0], (b, 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1)
+    if hidden is not None:
+      x = x * hidden
+    x = _layer_norm(x, p['ln_pre'], keep)
+    x = _transformer(x, p['transformer'], act, None, masks)
+    pooled = _layer_norm(x[:, 0], p['ln_post'], keep)
+  else:
+    ids = inputs
+    length = ids.shape[-1]
+    x = jnp.take(p['token_embed'], ids, axis=0) + p['pos_embed'][:length]
+    if hidden is not None:
+      x = x * hidden
+    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    x = _transformer(x, p['transformer'], act, causal, masks)
+    x = _layer_norm(x, p['ln_final'], keep)
+    eot = spec.get('eot_token_id')
+    pos = jnp.argmax(ids, -1) if eot is None else jnp.argmax(ids == eot, -1)
+    pooled = x[jnp.arange(x.shape[0]), pos]
+  return pooled @ p['proj']
+
+
+# ------------------------------------------------------------------ fold and prune
+
+def prune(params, masks):
+  """Dense params with the deterministic masks' soft values folded in and zeros removed.
+
+  Exact: `encode(pruned, ..., masks=None)` equals `encode(params, ..., masks)`. (The
+  official prune also scales `proj`'s rows by the hidden mask, a ~0.4% change of the
+  output that the masked forward never applied; we keep outputs identical.)
+  """
+  out = {k: v for k, v in params.items() if k not in masks}
+  for tower, m in masks.items():
+    p = jax.tree_util.tree_map(np.asarray, params[tower])
+    z = np.asarray(m['hidden'])
+    kd = np.nonzero(z)[0]
+    q = {}
+    ln = lambda l: {'scale': l['scale'][kd], 'bias': l['bias'][kd]}
+    if tower == 'visual':
+      q['patch_embed'] = {'kernel': (p['patch_embed']['kernel'] * z)[..., kd]}
+      q['pos_embed'] = (p['pos_embed'] * z)[:, kd]
+      q['cls_token'] = (p['cls_token'] * z)[kd]
+      q['ln_pre'], q['ln_post'] = ln(p['ln_pre']), ln(p['ln_post'])
+    else:
+      q['token_embed'] = (p['token_embed'] * z)[:, kd]
+      q['pos_embed'] = (p['pos_embed'] * z)[:, kd]
+      q['ln_final'] = ln(p['ln_final'])
+    q['proj'] = p['proj'][kd]
+    blocks = {}
+    for i in range(len(p['transformer'])):
+      b = p['transformer'][f'block_{i}']
+      zh, zi = np.asarray(m['heads'][i]), np.asarray(m['intermediate'][i])
+      kh, ki = np.nonzero(zh)[0], np.nonzero(zi)[0]
+      attn = {n: {'kernel': b['attn'][n]['kernel'][kd][:, kh], 'bias': b['attn'][n]['bias'][kh]}
+              for n in ('query', 'key', 'value')}
+      out_k = b['attn']['out']['kernel'] * zh[:, None, None] * z
+      attn['out'] = {'kernel': out_k[kh][..., kd], 'bias': (b['attn']['out']['bias'] * z)[kd]}
+      mlp = {'fc1': {'kernel': b['mlp']['fc1']['kernel'][kd][:, ki],
+                     'bias': b['mlp']['fc1']['bias'][ki]},
+             'fc2': {'kernel': (b['mlp']['fc2']['kernel'] * zi[:, None] * z)[ki][:, kd],
+                     'bias': (b['mlp']['fc2']['bias'] * z)[kd]}}
+      blocks[f'block_{i}'] = {'ln_1': ln(b['ln_1']), 'ln_2': ln(b['ln_2']), 'attn': attn, 'mlp': mlp}
+    q['transformer'] = blocks
+    out[tower] = q
+  return out
+
+
+def prunable_count(params, tower: str) -> int:
+  """Parameters of a (possibly pruned) tower's blocks outside LayerNorms: what the
+  sparsity target is measured on (LayerNorms are ignored, as officially)."""
+  total = 0
+  for b in params[tower]['transformer'].values():
+    for part in ('attn', 'mlp'):
+      total += sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(b[part]))
+  return total
