@@ -11,12 +11,13 @@ from clipjax import config_base as common
 def get_config(method: str = 'clip') -> ConfigDict:
   c = common.base_config()
   c.method = method
-  # Colour is learned in ~200 steps; shapes on held-out colour combinations need ~1000.
-  c.total_steps = 1500
+  # Held-out zero-shot top-1 (chance: shape 0.167, colour 0.125): 300 steps give shape
+  # 0.44 / colour 0.99; 500 steps shape 0.56; 1500 steps shape 0.81.
+  c.total_steps = 500
   c.batch_size = 64
   c.log_every = 25
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.eval_every = 250
+  c.checkpoint_every = 250
 
   c.model = ConfigDict(dict(name='tiny', image_size=32, patch_size=8, context_length=24,
                             pool='cls', dtype='float32', attention_impl='xla',

@@ -19,7 +19,7 @@ def test_quickstart_clip_learns_in_minutes(tmp_path):
   minutes = (time.time() - t0) / 60
   colour_chance, shape_chance = 1 / len(shapes.COLOUR_NAMES), 1 / len(shapes.SHAPES)
   assert results['shapes_colour/zeroshot_top1'] > 4 * colour_chance, results
-  assert results['shapes_shape/zeroshot_top1'] > 1.5 * shape_chance, results
+  assert results['shapes_shape/zeroshot_top1'] > 2.5 * shape_chance, results
   assert minutes < 5, f'quickstart took {minutes:.1f} min'
   losses = [json.loads(l)['loss'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert losses[-1] < 0.5 * losses[0]
