@@ -3,7 +3,10 @@ make_shards, and the loader over them (skip counts, process/worker split, label 
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,3 +377,28 @@ def test_tfds_source_reads_prepared_array_record_dataset(tmp_path):
     sources.TfdsSource('clipjax_tiny_colours', split='train', data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match='does not exist'):
     sources.TfdsSource('clipjax_tiny_colours', split='test', data_dir=str(tmp_path / 'no'))
+
+
+# ---------------------------------------------------------------- training end to end
+
+@pytest.mark.slow
+def test_training_on_shards_logs_exactly_the_corrupted_samples(corrupt_shards, tmp_path):
+  """`python -m clipjax.main` on make_shards output with corrupted samples completes and
+  metrics.jsonl counts each corrupted sample once, by reason."""
+  pattern, expected, good_per_epoch = corrupt_shards
+  root = Path(__file__).resolve().parents[1]
+  steps = (good_per_epoch + 1) // 4  # one epoch plus one (always good) sample, as above
+  cmd = [sys.executable, '-m', 'clipjax.main', '--config', str(root / 'configs/quickstart.py'),
+         '--workdir', str(tmp_path / 'run'), '--config.data.format=wds',
+         f'--config.data.train={pattern}', '--config.data.cycle_length=1',
+         '--config.data.shuffle_buffer=1', '--config.batch_size=4',
+         f'--config.total_steps={steps}', '--config.log_every=1', '--config.eval_every=0',
+         '--config.checkpoint_every=1000', '--config.tokenizer.train_captions=50']
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
+                        env={**os.environ, 'PYTHONPATH': str(root), 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  last = lines[-1]
+  assert last['step'] == steps and np.isfinite(last['loss'])
+  assert last['data/skipped'] == sum(expected.values())
+  assert {k: last[f'data/skipped/{k}'] for k in expected} == expected

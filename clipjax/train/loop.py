@@ -35,8 +35,8 @@ def load_tokenizer(config, workdir: Path, source) -> Tokenizer:
     return Tokenizer.load(config.tokenizer.path)
   if saved.exists():
     return Tokenizer.load(saved)
-  n = min(len(source), config.tokenizer.get('train_captions', 5000))
-  tok = Tokenizer.train([source[i]['caption'] for i in range(n)], config.tokenizer.vocab_size)
+  captions = pipeline.sample_captions(source, config.tokenizer.get('train_captions', 5000))
+  tok = Tokenizer.train(captions, config.tokenizer.vocab_size)
   if jax.process_index() == 0:
     tok.save(saved)
   return tok
@@ -57,7 +57,7 @@ class Trainer:
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
-    self.source = pipeline.make_source(config.data)
+    self.source = pipeline.make_source(config.data, image_size=config.model.image_size)
     self.tokenizer = load_tokenizer(config, self.workdir, self.source)
     self.config = config = resolve_config(config, self.tokenizer)
     self.method = get_method(config.method)(config)
@@ -105,8 +105,8 @@ class Trainer:
     return pipeline.make_train_loader(
         self.source, tokenizer=self.tokenizer, context_length=c.model.context_length,
         image_size=c.model.image_size, global_batch_size=c.batch_size, seed=c.seed,
-        augment=c.data.get('augment'), process_index=jax.process_index(),
-        process_count=jax.process_count(), worker_count=c.data.num_workers)
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        **pipeline.loader_kwargs(c.data))
 
   def restore_or_init(self, loader):
     step = self.checkpointer.latest_step()
