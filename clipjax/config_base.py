@@ -17,7 +17,8 @@ def base_config() -> ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.loss_implementation = 'auto'
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # dcn_data: slices (TPU) or processes (GPU) the data axis spans over the network.
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   c.tokenizer = ConfigDict(dict(path='', vocab_size=4096, train_captions=5000))
   c.optim = ConfigDict(dict(lr=5e-4, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.98,

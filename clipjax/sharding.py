@@ -9,6 +9,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -42,11 +43,25 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple:
   return tuple(sizes)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-  """Auto-sharded (GSPMD) mesh; `jax.make_mesh` orders devices to follow the interconnect."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
+              devices=None) -> Mesh:
+  """Auto-sharded (GSPMD) mesh whose device order follows the interconnect.
+
+  `dcn_data` > 1 splits the `data` axis into that many slices (TPU slices, or processes on
+  GPU/CPU) joined by the data-centre network, so only the data-parallel gradient reduction
+  crosses it while `fsdp` and `tensor` collectives stay on ICI/NVLink.
+  """
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(data, fsdp, tensor, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  auto = (AxisType.Auto,) * 3
+  if dcn_data == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+  if shape[0] % dcn_data:
+    raise ValueError(f'mesh.dcn_data={dcn_data} must divide the data axis size {shape[0]}')
+  ici = (shape[0] // dcn_data, shape[1], shape[2])
+  grid = mesh_utils.create_hybrid_device_mesh(
+      ici, (dcn_data, 1, 1), devices, process_is_granule=devices[0].platform != 'tpu')
+  return Mesh(grid, MESH_AXES, axis_types=auto)
 
 
 def rules_from_config(rules) -> tuple:

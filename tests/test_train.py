@@ -119,3 +119,14 @@ def test_init_from_checkpoint_replaces_only_the_named_tower(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
       np.testing.assert_array_equal(a, b)
   assert not np.array_equal(donor_params['textual']['proj'], fresh['textual']['proj'])
+
+
+def test_mesh_shapes_and_errors():
+  assert sharding.mesh_shape(-1, 2, 2, 8) == (2, 2, 2)
+  assert sharding.mesh_shape(2, -1, 1, 8) == (2, 4, 1)
+  with pytest.raises(ValueError, match='needs 6 devices'):
+    sharding.mesh_shape(3, 2, 1, 8)
+  with pytest.raises(ValueError, match='At most one'):
+    sharding.mesh_shape(-1, -1, 1, 8)
+  with pytest.raises(ValueError, match='dcn_data=3'):
+    sharding.make_mesh(1, 1, 1, dcn_data=3, devices=jax.devices()[:1])
