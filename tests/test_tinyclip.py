@@ -234,3 +234,26 @@ def test_inherited_student_starts_far_lower(teacher_dir, student, ratio):
   inherited, scratch = kl(inheritance.inherit(teacher, fresh[0])), np.mean([kl(p) for p in fresh])
   print(student, f'KL(teacher || student) at init: inherited {inherited:.3f}, random {scratch:.3f}')
   assert inherited < ratio * scratch
+
+
+# ---------------------------------------------------------------- automatic inheritance
+
+def test_auto_mask_phase_trains_masks_and_multipliers(teacher_dir, tmp_path):
+  """Same-size student (inherited = the teacher) with L0 masks: the expected sparsity climbs
+  towards the ramped target, the multipliers ascend while it lags, logits stay clamped."""
+  c = student_config(teacher_dir, **{
+      'model.vision': dict(layers=4, width=64, heads=4), 'model.text': dict(layers=4, width=64, heads=4),
+      'optim.warmup_steps': 2, 'optim.no_decay': 'l0/.*', 'optim.constant_lr': [['l0/.*', 0.5]]})
+  c.tinyclip.auto = dict(start_sparsity=0.0, target_sparsity=0.5, sparsity_warmup=4)
+  trainer = Trainer(c, tmp_path)
+  state, metrics = run_steps(trainer, 8)
+  print([(round(m['expected_sparsity'], 3), round(m['lambda_1'], 2)) for m in metrics])
+  assert all(np.isfinite(m['distill_loss']) for m in metrics)
+  sparsity = [m['expected_sparsity'] for m in metrics]
+  assert sparsity[0] < 0.01 and sparsity[-1] > 4 * sparsity[0] and np.all(np.diff(sparsity[1:]) > 0)
+  assert metrics[-1]['lambda_1'] > metrics[0]['lambda_1']
+  masks = jax.device_get(state.params['l0']['masks'])
+  assert all(np.all(np.abs(x) <= np.log(100) + 1e-6) for x in jax.tree_util.tree_leaves(masks))
+  assert metrics[-1]['target_sparsity'] == pytest.approx(0.5)
+  pruned = trainer.method.pruned_params(state.params)
+  assert 'l0' not in pruned and set(pruned) >= {'visual', 'textual'}

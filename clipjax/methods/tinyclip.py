@@ -20,17 +20,28 @@ Config (`config.tinyclip`):
   logit_scale: fixed multiplier for both student and teacher (official: 50); 0 uses the
     student's learned scale and the teacher's own.
   distill_weight, infonce_weight: official alpha, w map to alpha*w and (1-alpha)*w.
+  auto: {} (off) or the mask phase of automatic inheritance (see `l0`): dict(
+    start_sparsity, target_sparsity, sparsity_warmup). Mask logits and the Lagrange
+    multipliers are parameters under `l0/` (give them `optim.constant_lr=[['l0/.*', 0.02]]`
+    and `optim.no_decay='l0/.*'`, as the official L0 optimizer); the multipliers ascend
+    through `l0.ascent`; logits are clamped after every step; `pruned_params` folds the
+    deterministic masks into a dense student with per-layer head and neuron counts.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flax.linen as nn
+
 from clipjax import losses
 from clipjax.convert import load
-from clipjax.methods import inheritance
+from clipjax.methods import inheritance, l0
 from clipjax.methods.base import Method
 from clipjax.methods.clip import losses_kwargs
 from clipjax.methods.teacher import load_teacher, teacher_model
+from clipjax.models.clip import l2_normalize
+
+TOWERS = ('visual', 'textual')
 
 
 class TinyCLIP(Method):
@@ -46,6 +57,14 @@ class TinyCLIP(Method):
     self.teacher_src, self.teacher_format = t.teacher, t.get('teacher_format') or None
     self.teacher_model, self._teacher_params = teacher_model(self.teacher_src, self.teacher_format)
     self._check_compatible()
+    self.auto = dict(t.get('auto') or {})
+    if self.auto:
+      for key in ('start_sparsity', 'target_sparsity', 'sparsity_warmup'):
+        if key not in self.auto:
+          raise ValueError(f'tinyclip.auto needs {key} (have {sorted(self.auto)})')
+      self.dims = {tower: dict(width=spec['width'], layers=spec['layers'], heads=spec['heads'],
+                               mlp=int(spec['width'] * spec.get('mlp_ratio', 4.0)))
+                   for tower, spec in zip(TOWERS, (self.model.vision, self.model.text))}
 
   def _check_compatible(self):
     s, te = self.model, self.teacher_model
@@ -58,11 +77,25 @@ class TinyCLIP(Method):
             f'tinyclip: student text {key}={s.text.get(key)} but teacher {self.teacher_src} has '
             f'{te.text.get(key)}; use the teacher\'s tokenizer (config.tokenizer.path)')
 
+  def init_variables(self, rng):
+    variables = super().init_variables(rng)
+    if not self.auto:
+      return variables
+    params = dict(variables['params'])
+    box = lambda a: nn.Partitioned(a, (None,) * a.ndim)
+    masks = {t: l0.init_logas(l0.tower_dims(nn.unbox(params), t)) for t in TOWERS}
+    params['l0'] = jax.tree_util.tree_map(box, {
+        'masks': masks, 'lambdas': {k: jnp.float32(l0.INIT_LAMBDA) for k in ('lambda_1', 'lambda_2')}})
+    return dict(variables, params=params)
+
   def init_aux(self, params, rng):
     """Zeros shaped like the teacher: `prepare` fills them on their shardings."""
     del params, rng
     shapes = load.unbox(load.abstract_params(self.teacher_model, *self.example_teacher_inputs()))
-    return {'teacher': jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)}
+    aux = {'teacher': jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)}
+    if self.auto:  # the step, for the sparsity ramp
+      aux['step'] = jnp.zeros([], jnp.int32)
+    return aux
 
   def example_teacher_inputs(self):
     v, t = self.teacher_model.vision, self.teacher_model.text
@@ -79,19 +112,55 @@ class TinyCLIP(Method):
     t = self.config.tinyclip
     if t.get('inherit') == 'manual':
       source = load_teacher(t.inherit_from)[1] if t.get('inherit_from') else teacher
-      params = place_like(inheritance.inherit(jax.device_get(source), params), params)
+      model_params = {k: v for k, v in params.items() if k != 'l0'}
+      params = dict(params, **place_like(
+          inheritance.inherit(jax.device_get(source), model_params), model_params))
     return state.replace(params=params, aux=dict(state.aux, teacher=teacher))
 
   def teacher_embed(self, aux, batch) -> dict:
     out = self.teacher_model.apply({'params': aux['teacher']}, batch['image'], batch['text'])
     return jax.lax.stop_gradient(out)
 
+  def embed(self, params, batch, rng):
+    if not self.auto:
+      return super().embed(params, batch, rng)
+    masks = l0.sample(params['l0']['masks'], rng)
+    spec = {'visual': self.model.vision, 'textual': self.model.text}
+    emb = {name: l2_normalize(l0.encode(params, spec[t], t, batch[key], masks[t]))
+           for name, t, key in (('image_emb', 'visual', 'image'), ('text_emb', 'textual', 'text'))}
+    return dict(emb, logit_scale=self.scale_and_bias(params)['logit_scale'])
+
   def loss(self, params, aux, batch, rng):
     emb = self.embed(params, batch, rng)
     teacher = self.teacher_embed(aux, batch)
     emb = dict(emb, teacher_image_emb=teacher['image_emb'], teacher_text_emb=teacher['text_emb'],
                teacher_logit_scale=teacher['logit_scale'])
-    return self.loss_from_embeddings(params, emb, batch)
+    loss, metrics = self.loss_from_embeddings(params, emb, batch)
+    if not self.auto:
+      return loss, metrics
+    a = self.auto
+    expected = l0.expected_sparsity(params['l0']['masks'], self.dims)
+    target = l0.target_sparsity(aux['step'], a['start_sparsity'], a['target_sparsity'],
+                                a['sparsity_warmup'])
+    lagrangian = l0.lagrangian(expected, target,
+                               jax.tree_util.tree_map(l0.ascent, params['l0']['lambdas']))
+    metrics.update(expected_sparsity=expected, target_sparsity=target, lagrangian=lagrangian,
+                   **params['l0']['lambdas'])
+    return loss + lagrangian, metrics
+
+  def after_step(self, state):
+    if not self.auto:
+      return state
+    l0_params = dict(state.params['l0'], masks=l0.clamp(state.params['l0']['masks']))
+    return state.replace(params=dict(state.params, l0=l0_params),
+                         aux=dict(state.aux, step=state.step))
+
+  def pruned_params(self, params):
+    """The dense student at the end of the mask phase: deterministic masks folded in
+    (run it with `l0.encode(pruned, spec, tower, inputs)`)."""
+    params = jax.device_get(params)
+    masks = l0.deterministic_masks(params['l0']['masks'])
+    return l0.prune({k: v for k, v in params.items() if k != 'l0'}, masks)
 
   def loss_from_embeddings(self, params, emb, batch):
     del batch

@@ -49,9 +49,22 @@ def make_optimizer(cfg, params, total_steps: int):
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.get('grad_clip') else optax.identity(),
       optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                   mask=decay_mask))
-  if frozen is None:
+  # `cfg.constant_lr`: [[regex, lr], ...]: matching parameters get their own Adam at a fixed
+  # rate, no decay, no clipping (e.g. TinyCLIP's mask logits and Lagrange multipliers).
+  constant = [(re.compile(p), float(r)) for p, r in (cfg.get('constant_lr') or [])]
+  if frozen is None and not constant:
     return adamw, lr
-  labels = jax.tree_util.tree_map(lambda n: 'frozen' if frozen.fullmatch(n) else 'train', names)
+
+  def label(n):
+    if frozen is not None and frozen.fullmatch(n):
+      return 'frozen'
+    return next((f'constant_{i}' for i, (p, _) in enumerate(constant) if p.fullmatch(n)), 'train')
+
+  labels = jax.tree_util.tree_map(label, names)
   if not any(l == 'train' for l in jax.tree_util.tree_leaves(labels)):
-    raise ValueError(f'optim.frozen={cfg.frozen!r} freezes every parameter')
-  return optax.multi_transform({'train': adamw, 'frozen': optax.set_to_zero()}, labels), lr
+    raise ValueError(f'optim.frozen={cfg.get("frozen")!r} / optim.constant_lr leave no parameter '
+                     'for the main optimizer')
+  transforms = {'train': adamw, 'frozen': optax.set_to_zero()}
+  transforms.update({f'constant_{i}': optax.adam(r, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+                     for i, (_, r) in enumerate(constant)})
+  return optax.multi_transform(transforms, labels), lr
