@@ -113,3 +113,18 @@ def test_lagrangian_reaches_target_and_prune_matches_it(target):
   total = sum(l0.prunable_size(dims[t]) for t in TOWERS)
   print(f'target {target}: expected sparsity {expected:.4f}, pruned {1 - kept / total:.4f}')
   assert abs((1 - kept / total) - target) < 0.02
+
+
+def test_next_stage_expands_pruned_student_into_masked_full_model(tiny):
+  """Stage k+1 starts from the full architecture holding stage k's pruned student in its
+  leading slices; with the expanded logits' masks it computes the pruned student's outputs."""
+  model, params, inputs = tiny
+  pruned = l0.prune(params, l0.deterministic_masks(random_logas(params, 2)))
+  full, logas = l0.expand(pruned, params)
+  for tower in TOWERS:
+    assert jax.tree_util.tree_structure(full[tower]) == jax.tree_util.tree_structure(params[tower])
+    hard = jax.tree_util.tree_map(lambda a: (a > 0).astype(np.float32), logas[tower])
+    want = l0.encode(pruned, spec(model, tower), tower, inputs[tower])
+    for masks in (hard, l0.deterministic_masks({tower: logas[tower]})[tower]):
+      got = l0.encode(full, spec(model, tower), tower, inputs[tower], masks)
+      np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from clipjax.models.layers import ACTIVATIONS, attention
 
@@ -266,3 +267,46 @@ def prunable_count(params, tower: str) -> int:
     for part in ('attn', 'mlp'):
       total += sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(b[part]))
   return total
+
+
+# ------------------------------------------------------------------ next stage
+
+def expand(pruned, full, init_loga: float = INIT_LOGA, pruned_loga: float = -INIT_LOGA):
+  """A pruned student put back into the full-size masked architecture for the next stage
+  (official `load_pruned_model`): its weights fill the leading slices of `full`'s shapes
+  (zeros elsewhere), and the mask logits of the removed hidden dims, heads and neurons
+  start at `pruned_loga` (clamped to -4.6 after the first step), the kept ones at
+  `init_loga`. Returns (params, {tower: logas}); other top-level entries pass through.
+  """
+  out = {k: v for k, v in pruned.items()}
+  logas = {}
+  for tower in ('visual', 'textual'):
+    if tower not in pruned:
+      continue
+    flat_p = _flat(pruned[tower])
+    flat_f = _flat(full[tower])
+    placed = {}
+    for name, like in flat_f.items():
+      value = np.zeros(np.shape(like), np.asarray(flat_p[name]).dtype)
+      value[tuple(slice(0, n) for n in np.shape(flat_p[name]))] = flat_p[name]
+      placed[name] = value
+    out[tower] = _unflat(placed)
+    dims = tower_dims(full, tower)
+    kept_hidden = np.shape(pruned[tower]['proj'])[0]
+    blocks = pruned[tower]['transformer']
+    pick = lambda n, size: np.where(np.arange(size) < n, init_loga, pruned_loga).astype(np.float32)
+    logas[tower] = dict(
+        hidden=pick(kept_hidden, dims['width']),
+        heads=np.stack([pick(np.shape(blocks[f'block_{i}']['attn']['query']['kernel'])[1],
+                             dims['heads']) for i in range(dims['layers'])]),
+        intermediate=np.stack([pick(np.shape(blocks[f'block_{i}']['mlp']['fc1']['kernel'])[1],
+                                    dims['mlp']) for i in range(dims['layers'])]))
+  return out, logas
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree, sep='/')
+
+
+def _unflat(flat):
+  return traverse_util.unflatten_dict(flat, sep='/')
