@@ -130,3 +130,11 @@ def test_mesh_shapes_and_errors():
     sharding.mesh_shape(-1, -1, 1, 8)
   with pytest.raises(ValueError, match='dcn_data=3'):
     sharding.make_mesh(1, 1, 1, dcn_data=3, devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize('method', ['clip', 'siglip'])
+def test_auto_loss_implementation_gives_the_xla_loss_curve(tmp_path, method):
+  curves = {impl: run_steps(Trainer(tiny_config(method=method, loss_implementation=impl),
+                                    tmp_path / impl), 8)[1] for impl in ('xla', 'auto')}
+  np.testing.assert_allclose(curves['auto'], curves['xla'], rtol=1e-5)
+  assert curves['xla'][-1] < curves['xla'][0]
