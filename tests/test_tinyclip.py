@@ -89,7 +89,7 @@ def np_reference(xs, ys, xt, yt, ss, st, w_hard):
 def method_for(teacher_dir, **tinyclip):
   c = student_config(teacher_dir)
   c.model.vocab_size, c.model.eot_token_id = _teacher_vocab(teacher_dir)
-  c.tinyclip.update(tinyclip)
+  c.tinyclip.update(dict(dict(logit_scale=50.0), **tinyclip))  # TinyCLIP's fixed 1/50
   return TinyCLIP(c)
 
 
@@ -159,7 +159,8 @@ def test_method_loss_matches_official_pytorch(teacher_dir, logit_scale):
 # ---------------------------------------------------------------- the teacher in aux
 
 def test_frozen_teacher_in_aux_and_distillation_learns(teacher_dir, tmp_path):
-  trainer = Trainer(student_config(teacher_dir, 'none', **{'optim.warmup_steps': 2}), tmp_path)
+  trainer = Trainer(student_config(teacher_dir, 'none', **{'optim.warmup_steps': 2,
+                                                          'tinyclip.logit_scale': 50.0}), tmp_path)
   _, teacher = native.load_native(teacher_dir)
   state, metrics = run_steps(trainer, 12)
   state = jax.device_get(state)
@@ -185,7 +186,8 @@ def test_layer_map_is_interval_front():
 
 
 def test_same_size_student_reproduces_teacher(teacher_dir, tmp_path):
-  c = student_config(teacher_dir, **{'model.vision': dict(layers=4), 'model.text': dict(layers=4)})
+  c = student_config(teacher_dir, **{'model.vision': dict(layers=4, width=64, heads=4),
+                                     'model.text': dict(layers=4, width=64, heads=4)})
   trainer = Trainer(c, tmp_path)
   state = trainer.initial_state()
   teacher_model, teacher = native.load_native(teacher_dir)
