@@ -22,7 +22,8 @@ def base_config() -> ConfigDict:
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   c.tokenizer = ConfigDict(dict(path='', vocab_size=4096, train_captions=5000))
   c.optim = ConfigDict(dict(lr=5e-4, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.98,
-                            eps=1e-6, weight_decay=0.2, grad_clip=1.0, frozen='', no_decay=''))
+                            eps=1e-6, weight_decay=0.2, grad_clip=1.0, frozen='', no_decay='',
+                            constant_lr=[]))
   c.evals = ConfigDict()
   # Towers from pretrained checkpoints (any format clipjax.convert reads), e.g.
   # [dict(target='visual', src='ckpts/hf-clip', subtree='visual')].

@@ -33,5 +33,5 @@ def test_quickstart_siglip_learns(tmp_path):
   config.evals = {'colour': dict(type='zeroshot', dataset='shapes_heldout_colour', num_samples=300)}
   results = train(config, tmp_path)
   losses = [json.loads(l)['loss'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert losses[-1] < 0.5 * losses[0], losses
+  assert losses[-1] < 0.75 * losses[0], losses  # the first logged loss is after 25 steps
   assert results['colour/zeroshot_top1'] > 3 / len(shapes.COLOUR_NAMES), results

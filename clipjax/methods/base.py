@@ -22,8 +22,9 @@ class Method:
   init_logit_scale = 1 / 0.07
   init_logit_bias = None
 
-  def __init__(self, config):
+  def __init__(self, config, mesh=None):
     self.config = config
+    self.mesh = mesh  # losses shard their work over its batch axes (clipjax/kernels)
     m = config.model
     self.model = models.build_clip(
         m.name, dtype=jnp.dtype(m.get('dtype', 'float32')),
@@ -54,6 +55,10 @@ class Method:
   def embed(self, params, batch, rng) -> dict:
     del rng
     return self.model.apply({'params': params}, batch['image'], batch['text'])
+
+  def loss_kwargs(self) -> dict:
+    """`implementation=` (config.loss_implementation) and `mesh=` for clipjax.losses."""
+    return dict(implementation=self.config.get('loss_implementation') or 'auto', mesh=self.mesh)
 
   def loss_from_embeddings(self, params, emb, batch) -> tuple:
     raise NotImplementedError

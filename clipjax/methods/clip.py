@@ -9,13 +9,8 @@ class CLIP(Method):
     del batch
     scale = self.scale_and_bias(params)['logit_scale']
     loss = losses.clip_loss(emb['image_emb'], emb['text_emb'], scale,
-                            **losses_kwargs(self.config))
+                            **self.loss_kwargs())
     return loss, {'logit_scale': scale}
-
-
-def losses_kwargs(config) -> dict:
-  impl = config.get('loss_implementation')
-  return {'implementation': impl} if impl else {}
 
 
 METHOD = CLIP

@@ -4,7 +4,6 @@ Initialisation from the paper: t' = log 10 (scale 10), b = -10.
 """
 from clipjax import losses
 from clipjax.methods.base import Method
-from clipjax.methods.clip import losses_kwargs
 
 
 class SigLIP(Method):
@@ -15,7 +14,7 @@ class SigLIP(Method):
     del batch
     sb = self.scale_and_bias(params)
     loss = losses.siglip_loss(emb['image_emb'], emb['text_emb'], sb['logit_scale'],
-                              sb['logit_bias'], **losses_kwargs(self.config))
+                              sb['logit_bias'], **self.loss_kwargs())
     return loss, {'logit_scale': sb['logit_scale'], 'logit_bias': sb['logit_bias']}
 
 

@@ -37,7 +37,6 @@ from clipjax import losses
 from clipjax.convert import load
 from clipjax.methods import inheritance, l0
 from clipjax.methods.base import Method
-from clipjax.methods.clip import losses_kwargs
 from clipjax.methods.teacher import load_teacher, teacher_model
 from clipjax.models.clip import l2_normalize
 
@@ -46,8 +45,8 @@ TOWERS = ('visual', 'textual')
 
 class TinyCLIP(Method):
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, mesh=None):
+    super().__init__(config, mesh)
     t = config.tinyclip
     if config.get('grad_accum_steps', 1) > 1:
       raise ValueError('tinyclip: grad_accum_steps > 1 is not supported (the teacher lives in '
@@ -168,7 +167,7 @@ class TinyCLIP(Method):
     fixed = t.get('logit_scale', 50.0)
     student_scale = fixed if fixed else self.scale_and_bias(params)['logit_scale']
     teacher_scale = fixed if fixed else emb['teacher_logit_scale']
-    kw = losses_kwargs(self.config)
+    kw = self.loss_kwargs()
     distill = losses.affinity_mimicking_loss(
         emb['image_emb'], emb['text_emb'], emb['teacher_image_emb'], emb['teacher_text_emb'],
         student_scale, teacher_scale, **kw)

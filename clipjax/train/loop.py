@@ -42,10 +42,17 @@ def load_tokenizer(config, workdir: Path, source) -> Tokenizer:
   return tok
 
 
+VOCAB_MULTIPLE = 128
+
+
 def resolve_config(config, tokenizer: Tokenizer) -> ml_collections.ConfigDict:
-  """Copy of the config with the model's vocabulary taken from the tokenizer."""
+  """Copy of the config with the model's vocabulary taken from the tokenizer.
+
+  The embedding table is padded to a multiple of 128 rows (as Megatron and MaxText do):
+  a BPE trained on few captions has an arbitrary size that the `tensor` axis may not divide.
+  """
   config = ml_collections.ConfigDict(config.to_dict())
-  config.model.vocab_size = tokenizer.vocab_size
+  config.model.vocab_size = -(-tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
   config.model.eot_token_id = tokenizer.eot_id
   return config
 
@@ -60,7 +67,7 @@ class Trainer:
     self.source = pipeline.make_source(config.data, image_size=config.model.image_size)
     self.tokenizer = load_tokenizer(config, self.workdir, self.source)
     self.config = config = resolve_config(config, self.tokenizer)
-    self.method = get_method(config.method)(config)
+    self.method = get_method(config.method)(config, mesh=self.mesh)
     self.model = self.method.model
 
     rng = jax.random.PRNGKey(config.seed)
