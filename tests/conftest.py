@@ -28,3 +28,18 @@ def run_python(code: str, devices: int = 1, timeout: int = 600, env=None) -> str
 @pytest.fixture
 def python_subprocess():
   return run_python
+
+
+@pytest.fixture
+def run_notebook(monkeypatch):
+  """Executes notebooks/<name> with nbclient; `env` reaches the kernel (tiny settings)."""
+  def run(name: str, env: dict):
+    nbformat = pytest.importorskip('nbformat')
+    nbclient = pytest.importorskip('nbclient')
+    for key, value in dict(env, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu').items():
+      monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
+    notebook = nbformat.read(ROOT / 'notebooks' / name, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': str(ROOT / 'notebooks')}}).execute()
+    return notebook
+  return run

@@ -1,23 +1,14 @@
 """The notebooks run green end to end (tiny settings through CLIPJAX_NB_* variables)."""
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_ablation_clip_vs_siglip_notebook(tmp_path, monkeypatch):
-  nbformat = pytest.importorskip('nbformat')
-  nbclient = pytest.importorskip('nbclient')
-  for key, value in dict(CLIPJAX_NB_STEPS='24', CLIPJAX_NB_BATCH='32',
-                         CLIPJAX_NB_EVAL_SAMPLES='64', CLIPJAX_NB_WORKDIR=str(tmp_path),
-                         PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu').items():
-    monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
-  notebook = nbformat.read(ROOT / 'notebooks' / 'ablation_clip_vs_siglip.ipynb', as_version=4)
-  nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
-                          resources={'metadata': {'path': str(ROOT / 'notebooks')}}).execute()
+def test_ablation_clip_vs_siglip_notebook(tmp_path, run_notebook):
+  notebook = run_notebook('ablation_clip_vs_siglip.ipynb', dict(
+      CLIPJAX_NB_STEPS='24', CLIPJAX_NB_BATCH='32', CLIPJAX_NB_EVAL_SAMPLES='64',
+      CLIPJAX_NB_WORKDIR=str(tmp_path)))
   rows = json.loads((tmp_path / 'ablation.json').read_text())
   assert list(rows) == ['random init', 'clip', 'siglip']
   assert all(0.0 <= v <= 1.0 for r in rows.values() for k, v in r.items() if 'log10_C' not in k)

@@ -14,20 +14,10 @@ from clipjax.convert import native
 from clipjax.methods import inheritance
 from clipjax.methods.tinyclip import TinyCLIP
 from clipjax.train.loop import Trainer
+from tests.test_train import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = 40
-
-
-def quick_config(**overrides):
-  c = load_config(str(ROOT / 'configs/quickstart.py'))
-  c.batch_size = 16
-  c.data.train_num_samples = 2000
-  c.tokenizer.train_captions = 300
-  c.loss_implementation = 'xla'
-  c.evals = {}
-  c.update_from_flattened_dict(overrides)
-  return c
 
 
 def student_config(teacher, inherit='manual', **overrides):
@@ -54,7 +44,7 @@ def run_steps(trainer, n, state=None):
 def teacher_dir(tmp_path_factory):
   """A 4+4-block quickstart CLIP trained briefly with InfoNCE, saved as a native folder."""
   tmp = tmp_path_factory.mktemp('teacher')
-  trainer = Trainer(quick_config(**{'model.vision': dict(layers=4), 'model.text': dict(layers=4),
+  trainer = Trainer(tiny_config(**{'model.vision': dict(layers=4), 'model.text': dict(layers=4),
                                     'optim.warmup_steps': 5}), tmp / 'run')
   state, _ = run_steps(trainer, TEACHER_STEPS)
   native.save(trainer.model, jax.device_get(state.params), str(tmp / 'teacher'), trainer.tokenizer)
