@@ -124,16 +124,20 @@ class Trainer:
     loader.set_state(data_state)
     return state
 
-  def save(self, state, loader, metrics) -> None:
-    """Checkpoints unless the newest loss or parameters are non-finite (keeping the last good one)."""
-    step = int(jax.device_get(state.step))
-    bad = {k: float(v) for k, v in jax.device_get(metrics).items()
+  def check_finite(self, step: int, metrics: dict) -> None:
+    """Stops the run, naming the step, when the loss or the parameters went non-finite."""
+    bad = {k: float(v) for k, v in metrics.items()
            if k in ('loss', 'param_norm') and not math.isfinite(float(v))}
     if bad:
       raise NonFiniteLossError(
           f'Non-finite {bad} at step {step} (config.optim.lr={self.config.optim.lr}); not '
           f'checkpointing. Last good checkpoint: step {self.checkpointer.latest_step()} in '
           f'{self.workdir / "checkpoints"}')
+
+  def save(self, state, loader, metrics) -> None:
+    """Checkpoints unless the newest loss or parameters are non-finite (keeping the last good one)."""
+    step = int(jax.device_get(state.step))
+    self.check_finite(step, jax.device_get(metrics))
     self.checkpointer.save(step, state, loader.get_state())
 
   def evaluate(self, state) -> tuple:
@@ -191,11 +195,7 @@ class Trainer:
           t0, n0 = time.perf_counter(), step
           writer.write(step, last)
           progress.update(step, last)
-          if not math.isfinite(last['loss']):
-            raise NonFiniteLossError(
-                f'Non-finite loss {last["loss"]} at step {step} (config.optim.lr={c.optim.lr}); '
-                f'last good checkpoint: step {self.checkpointer.latest_step()} in '
-                f'{self.workdir / "checkpoints"}')
+          self.check_finite(step, last)
         if c.eval_every and (step % c.eval_every == 0 or final):
           evals, details = self.evaluate(state)
           writer.write_eval(step, evals, details)
