@@ -119,3 +119,11 @@ def test_eval_mode_reproduces_numbers_logged_in_training(tmp_path):
   again = json.loads((tmp_path / 'eval.json').read_text())
   assert logged.pop('step') == 6
   assert logged and logged == again
+
+
+def test_relative_workdir_as_in_the_readme(tmp_path):
+  proc = subprocess.run(cli('runs/quickstart', '--config.total_steps=5'), capture_output=True,
+                        text=True, cwd=tmp_path, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / 'runs/quickstart/checkpoints/5').is_dir()

@@ -61,7 +61,7 @@ class Trainer:
   """Everything a run needs, built once; `train()` and `evaluate()` drive it."""
 
   def __init__(self, config, workdir, devices=None):
-    self.workdir = Path(workdir)
+    self.workdir = Path(workdir).absolute()  # orbax refuses relative checkpoint paths
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
     self.source = pipeline.make_source(config.data, image_size=config.model.image_size)
