@@ -76,6 +76,27 @@ def test_pruned_dense_model_equals_masked_model(tiny):
     assert pruned[tower]['proj'].shape[0] == kept < 64
 
 
+def test_pruned_student_is_a_clip_model(tiny):
+  """Under `pruned_sizes` (per-layer heads and neurons) the pruned params are an ordinary
+  CLIPModel computing the masked model, also with a layer's heads or neurons all gone."""
+  model, params, inputs = tiny
+  logas = random_logas(params, 3)
+  logas['visual']['heads'] = logas['visual']['heads'].at[0].set(-10.0)
+  logas['textual']['intermediate'] = logas['textual']['intermediate'].at[1].set(-10.0)
+  masks = l0.deterministic_masks(logas)
+  pruned = l0.prune(params, masks)
+  sizes = {t: l0.pruned_sizes(pruned, t) for t in TOWERS}
+  assert sizes['visual']['layer_heads'][0] == 0 and sizes['textual']['layer_mlp'][1] == 0
+  student = model.clone(vision=dict(model.vision, **sizes['visual']),
+                        text=dict(model.text, **sizes['textual']))
+  abstract = load.unbox(load.abstract_params(student, inputs['visual'][:1], inputs['textual'][:1]))
+  assert jax.tree_util.tree_map(np.shape, abstract) == jax.tree_util.tree_map(np.shape, pruned)
+  for tower, method in zip(TOWERS, ('encode_image', 'encode_text')):
+    got = student.apply({'params': pruned}, inputs[tower], method=method)
+    want = l0.encode(params, spec(model, tower), tower, inputs[tower], masks[tower])
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize('target', [0.25, 0.5, 0.75])
 def test_lagrangian_reaches_target_and_prune_matches_it(target):
   """The Lagrangian against a stand-in task loss that prefers dense models (what the

@@ -8,11 +8,13 @@ Per tower, three mask groups (log-alphas, initialised to 10, i.e. mask ~ 1):
   intermediate [L, I]  MLP neurons, applied after the activation.
 Training samples one mask per step for the whole batch; at prune time the masks become
 deterministic (`deterministic`), their soft values are folded into the weights and the zero
-rows and columns removed (`prune`). Pruned layers keep their own head and neuron counts, so
-the dense result runs through `encode` (shape-driven), not through the uniform `CLIPModel`.
+rows and columns removed (`prune`). Pruned layers keep their own head and neuron counts;
+`pruned_sizes` gives the tower spec (`layer_heads`, `layer_mlp`) under which `CLIPModel`
+runs the result.
 
 `encode(params, spec, tower, inputs, masks)` is a functional copy of our towers
-(clipjax/models/{vit,text,layers}.py, 'cls' pooling); with unit masks it equals the model.
+(clipjax/models/{vit,text,layers}.py, 'cls' pooling) that applies the masks; with unit
+masks it equals the model.
 """
 import math
 
@@ -257,6 +259,17 @@ def prune(params, masks):
     q['transformer'] = blocks
     out[tower] = q
   return out
+
+
+def pruned_sizes(pruned, tower: str) -> dict:
+  """Tower spec entries of a pruned tower: residual width, head width, per-layer heads and
+  MLP neurons (`clipjax.models.layers.Transformer`)."""
+  t = pruned[tower]
+  blocks = [t['transformer'][f'block_{i}'] for i in range(len(t['transformer']))]
+  query = [np.shape(b['attn']['query']['kernel']) for b in blocks]
+  return dict(width=int(np.shape(t['proj'])[0]), head_dim=int(query[0][2]),
+              layer_heads=[int(q[1]) for q in query],
+              layer_mlp=[int(np.shape(b['mlp']['fc1']['kernel'])[1]) for b in blocks])
 
 
 def prunable_count(params, tower: str) -> int:

@@ -2,8 +2,12 @@
 
 Kernels carry logical names (`embed`, `mlp`, `heads`, `kv`, `vocab`) that config rules map
 to mesh axes, so one model definition serves data, FSDP and tensor parallelism.
+
+Blocks may differ in head count and MLP width (`layer_heads`, `layer_mlp`, with a fixed
+`head_dim`): structured pruning (TinyCLIP's automatic inheritance) leaves such towers,
+and they stay ordinary models that train, checkpoint and export like any other.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -23,7 +27,11 @@ ACTIVATIONS = {'gelu': lambda x: nn.gelu(x, approximate=False),
 
 
 def logical_param(init: Callable, axes):
-  return nn.with_logical_partitioning(init, axes)
+  """`init` with logical axis names; empty shapes (fully pruned heads or neurons) get
+  zeros, which fan-based initialisers cannot compute."""
+  def safe_init(key, shape, dtype=jnp.float32):
+    return jnp.zeros(shape, dtype) if 0 in tuple(shape) else init(key, shape, dtype)
+  return nn.with_logical_partitioning(safe_init, axes)
 
 
 class MLP(nn.Module):
@@ -55,22 +63,26 @@ def attention(q, k, v, mask=None):
 
 class MultiHeadAttention(nn.Module):
   """`implementation`: 'xla' (reference, any mask) or a `clipjax.kernels.attention` kernel
-  ('chunked', 'pallas', 'auto'), which takes a per-key keep mask and causality only."""
+  ('chunked', 'pallas', 'auto'), which takes a per-key keep mask and causality only.
+  `head_dim` defaults to width // heads; zero heads (all pruned) leave only the output bias."""
   heads: int
   dtype: Dtype = jnp.float32
   implementation: str = 'xla'
+  head_dim: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, mask=None, *, keep=None, causal: bool = False):
     """mask: broadcasts to [B, H, Tq, Tk]; keep: [B, T] bool keys to attend to."""
     width = x.shape[-1]
-    head_dim = width // self.heads
+    head_dim = self.head_dim or width // self.heads
     proj = lambda name: nn.DenseGeneral(
         (self.heads, head_dim), dtype=self.dtype, name=name,
         kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
         bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))
     q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
-    if self.implementation == 'xla':
+    if self.heads == 0:
+      out = q
+    elif self.implementation == 'xla':
       length = x.shape[1]
       for extra in (keep[:, None, None, :] if keep is not None else None,
                     jnp.tril(jnp.ones((length, length), bool))[None, None] if causal else None):
@@ -102,15 +114,28 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   causal: bool = False
   attention_impl: str = 'xla'
+  head_dim: Optional[int] = None
+  mlp_dim: Optional[int] = None  # overrides mlp_ratio
 
   @nn.compact
   def __call__(self, x, keep=None):
     width = x.shape[-1]
-    x = x + MultiHeadAttention(self.heads, self.dtype, self.attention_impl, name='attn')(
+    mlp_dim = int(width * self.mlp_ratio) if self.mlp_dim is None else self.mlp_dim
+    x = x + MultiHeadAttention(self.heads, self.dtype, self.attention_impl, self.head_dim,
+                               name='attn')(
         layer_norm('ln_1', dtype=self.dtype)(x), keep=keep, causal=self.causal)
-    x = x + MLP(int(width * self.mlp_ratio), self.act, self.dtype, name='mlp')(
+    x = x + MLP(mlp_dim, self.act, self.dtype, name='mlp')(
         layer_norm('ln_2', dtype=self.dtype)(x))
     return x
+
+
+def check_layer_sizes(layers: int, layer_heads, layer_mlp, head_dim) -> None:
+  """Per-layer sizes need one entry per layer, and per-layer heads an explicit head_dim."""
+  for name, sizes in (('layer_heads', layer_heads), ('layer_mlp', layer_mlp)):
+    if sizes is not None and len(sizes) != layers:
+      raise ValueError(f'{name} has {len(sizes)} entries for {layers} layers: {list(sizes)}')
+  if layer_heads is not None and not head_dim:
+    raise ValueError('layer_heads needs head_dim (width // heads is ambiguous once heads vary)')
 
 
 class Transformer(nn.Module):
@@ -122,13 +147,19 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32
   causal: bool = False
   attention_impl: str = 'xla'
+  head_dim: Optional[int] = None
+  layer_heads: Optional[Sequence[int]] = None  # per block, overriding `heads`
+  layer_mlp: Optional[Sequence[int]] = None    # per block, overriding `mlp_ratio`
 
   @nn.compact
   def __call__(self, x, keep=None, return_hidden: bool = False):
+    check_layer_sizes(self.layers, self.layer_heads, self.layer_mlp, self.head_dim)
     block_cls = nn.remat(Block) if self.remat else Block
     hidden = []
     for i in range(self.layers):
-      x = block_cls(self.heads, self.mlp_ratio, self.act, self.dtype, self.causal,
-                    self.attention_impl, name=f'block_{i}')(x, keep)
+      heads = self.heads if self.layer_heads is None else int(self.layer_heads[i])
+      mlp_dim = None if self.layer_mlp is None else int(self.layer_mlp[i])
+      x = block_cls(heads, self.mlp_ratio, self.act, self.dtype, self.causal,
+                    self.attention_impl, self.head_dim, mlp_dim, name=f'block_{i}')(x, keep)
       hidden.append(x)
     return (x, hidden) if return_hidden else x

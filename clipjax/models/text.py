@@ -27,6 +27,9 @@ class TextTransformer(nn.Module):
   remat: bool = False
   attention_impl: str = 'xla'
   dtype: Any = jnp.float32
+  head_dim: Optional[int] = None  # per-layer sizes: see clipjax.models.layers
+  layer_heads: Optional[tuple] = None
+  layer_mlp: Optional[tuple] = None
 
   @nn.compact
   def __call__(self, ids):
@@ -40,7 +43,8 @@ class TextTransformer(nn.Module):
     length = ids.shape[-1]
     x = (jnp.take(embed, ids, axis=0) + pos[:length]).astype(self.dtype)
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
-                    causal=True, attention_impl=self.attention_impl, name='transformer')(x)
+                    causal=True, attention_impl=self.attention_impl, head_dim=self.head_dim,
+                    layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(x)
     x = layer_norm('ln_final', dtype=self.dtype)(x)
     pooled = x[jnp.arange(x.shape[0]), eot_positions(ids, self.eot_token_id)]
     proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),

@@ -48,6 +48,9 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   attention_impl: str = 'xla'
   dtype: Any = jnp.float32
+  head_dim: Optional[int] = None  # per-layer sizes: see clipjax.models.layers
+  layer_heads: Optional[tuple] = None
+  layer_mlp: Optional[tuple] = None
 
   @nn.compact
   def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None):
@@ -77,7 +80,8 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([cls, x], axis=1)
     x = layer_norm('ln_pre', dtype=self.dtype)(x)
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
-                    attention_impl=self.attention_impl, name='transformer')(x)
+                    attention_impl=self.attention_impl, head_dim=self.head_dim,
+                    layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(x)
     if self.pool == 'cls':
       pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0])
     elif self.pool == 'gap':
