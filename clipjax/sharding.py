@@ -69,10 +69,23 @@ def rules_from_config(rules) -> tuple:
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
+def fit_to_shape(s: NamedSharding, shape) -> NamedSharding:
+  """`s` with every dimension its mesh axes do not divide replicated instead: a pruned
+  width of 63 over fsdp=2 is a layout question, not a reason for the model not to run."""
+  spec = tuple(s.spec) + (None,) * (len(shape) - len(s.spec))
+  size = lambda axes: int(np.prod([s.mesh.shape[a] for a in
+                                   (axes if isinstance(axes, tuple) else (axes,))]))
+  fitted = tuple(None if axes is not None and dim % size(axes) else axes
+                 for axes, dim in zip(spec, shape))
+  return s if fitted == spec else NamedSharding(s.mesh, P(*fitted))
+
+
 def logical_to_sharding(logical_tree, mesh: Mesh, rules: Sequence) -> object:
-  """Boxed (nn.Partitioned) abstract variables -> tree of NamedSharding."""
+  """Boxed (nn.Partitioned) abstract variables -> tree of NamedSharding (`fit_to_shape`)."""
   specs = nn.get_partition_spec(logical_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
+  return jax.tree_util.tree_map(lambda s, x: fit_to_shape(s, x.shape), shardings,
+                                nn.unbox(logical_tree))
 
 
 def like_params(tree, params, param_shardings, default):

@@ -83,7 +83,7 @@ MESHES = [('one', dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
 for name, mesh, devices in MESHES:
   if name not in NAMES:
     continue
-  c = tiny_config(method=METHOD, mesh=mesh)
+  c = tiny_config(method=METHOD, mesh=mesh, **OVERRIDES)
   t = Trainer(c, tempfile.mkdtemp(), devices=devices)
   state, losses = run_steps(t, 2)
   shard = t.state_sharding.params['visual']['transformer']['block_0']['mlp']['fc1']['kernel'].spec
@@ -93,14 +93,22 @@ print(json.dumps(out))
 '''
 
 
+# A pruned student's shapes (TinyCLIP): odd width, a layer without heads, odd MLP widths.
+# Dimensions the mesh axes do not divide are replicated (sharding.fit_to_shape).
+PRUNED = {'model.vision': dict(width=63, head_dim=16, layer_heads=[3, 0], layer_mlp=[254, 127])}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('method,meshes', [('clip', ['one', 'd8', 'd2f4', 'd2f2t2']),
-                                           ('siglip', ['one', 'd2f2t2'])])
-def test_sharded_steps_equal_single_device(python_subprocess, method, meshes):
-  code = SHARDED.replace('METHOD', repr(method)).replace('NAMES', repr(meshes))
+@pytest.mark.parametrize('method,meshes,overrides,spec', [
+    ('clip', ['one', 'd8', 'd2f4', 'd2f2t2'], {}, "'fsdp', 'tensor'"),
+    ('siglip', ['one', 'd2f2t2'], {}, "'fsdp', 'tensor'"),
+    ('clip', ['one', 'd2f2t2'], PRUNED, "None, 'tensor'")])
+def test_sharded_steps_equal_single_device(python_subprocess, method, meshes, overrides, spec):
+  code = (SHARDED.replace('METHOD', repr(method)).replace('NAMES', repr(meshes))
+          .replace('OVERRIDES', repr(overrides)))
   out = json.loads(python_subprocess(code, devices=8).strip().splitlines()[-1])
   ref = out.pop('one')
-  assert out['d2f2t2']['spec'] in ("P('fsdp', 'tensor')", "PartitionSpec('fsdp', 'tensor')")
+  assert out['d2f2t2']['spec'] in (f'P({spec})', f'PartitionSpec({spec})')
   for name, got in out.items():
     np.testing.assert_allclose(got['losses'], ref['losses'], rtol=2e-5, err_msg=name)
     for a, b in zip(got['params'], ref['params']):
