@@ -236,7 +236,8 @@ def test_auto_mask_phase_trains_masks_and_multipliers(teacher_dir, tmp_path):
   c = student_config(teacher_dir, **{
       'model.vision': dict(layers=4, width=64, heads=4), 'model.text': dict(layers=4, width=64, heads=4),
       'optim.warmup_steps': 2, 'optim.no_decay': 'l0/.*', 'optim.constant_lr': [['l0/.*', 0.5]]})
-  c.tinyclip.auto = dict(start_sparsity=0.0, target_sparsity=0.5, sparsity_warmup=4)
+  c.tinyclip.auto = dict(start_sparsity=0.0, target_sparsity=0.5, sparsity_warmup=4,
+                         prune_step=100)
   trainer = Trainer(c, tmp_path)
   state, metrics = run_steps(trainer, 8)
   print([(round(m['expected_sparsity'], 3), round(m['lambda_1'], 2)) for m in metrics])

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipjax import models
+from clipjax import convert, models
 
 
 class Method:
@@ -46,11 +46,25 @@ class Method:
     del params, rng
     return {}
 
+  restructure_step = None  # the step after which `restructure` changes the model, if any
+
   def prepare(self, state):
     """Outside jit, on a fresh state after `init_from`: a method loads large state here
     (TinyCLIP's teacher into aux, inherited weights into params) instead of baking it
-    into the jitted init as constants. Not called when resuming from a checkpoint."""
+    into the jitted init as constants. Not called when resuming from a checkpoint.
+
+    In a chain of `config.stages`, `config.previous_stage` is the previous stage's final
+    model (a native folder); by default a stage continues from its params."""
+    if self.config.get('previous_stage'):
+      state = state.replace(params=convert.init_params(
+          state.params, [dict(src=self.config.previous_stage)]))
     return state
+
+  def restructure(self, params, aux) -> tuple:
+    """After `restructure_step` steps, outside jit, on host arrays: (params, aux, config
+    updates). The loop rebuilds model, optimizer (fresh state) and step from the updated
+    config and goes on; TinyCLIP prunes its student here."""
+    raise NotImplementedError(f'{type(self).__name__} sets restructure_step but no restructure')
 
   def embed(self, params, batch, rng) -> dict:
     del rng

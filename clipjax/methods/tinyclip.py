@@ -15,17 +15,23 @@ Config (`config.tinyclip`):
   teacher_format: '' to detect.
   inherit: '' (random init) or 'manual' (`inheritance.inherit`: interval-front layers,
     leading width slices, per-head q/k/v/out).
-  inherit_from: checkpoint to inherit from ('' = the teacher); progressive stage 2
-    inherits from stage 1's student while the teacher stays the same.
+  inherit_from: checkpoint to inherit from ('' = the teacher, or `config.previous_stage`
+    in a chain of `config.stages`); progressive stage 2 inherits from stage 1's student
+    while the teacher stays the same.
   logit_scale: fixed multiplier for both student and teacher (official: 50); 0 uses the
     student's learned scale and the teacher's own.
   distill_weight, infonce_weight: official alpha, w map to alpha*w and (1-alpha)*w.
-  auto: {} (off) or the mask phase of automatic inheritance (see `l0`): dict(
-    start_sparsity, target_sparsity, sparsity_warmup). Mask logits and the Lagrange
+  auto: {} (off) or automatic inheritance (see `l0`): dict(start_sparsity,
+    target_sparsity, sparsity_warmup, prune_step). Mask logits and the Lagrange
     multipliers are parameters under `l0/` (give them `optim.constant_lr=[['l0/.*', 0.02]]`
     and `optim.no_decay='l0/.*'`, as the official L0 optimizer); the multipliers ascend
-    through `l0.ascent`; logits are clamped after every step; `pruned_params` folds the
-    deterministic masks into a dense student with per-layer head and neuron counts.
+    through `l0.ascent`; logits are clamped after every step. After `prune_step` steps,
+    `restructure` folds the deterministic masks into a dense student with per-layer head
+    and neuron counts, and the run goes on with it and a fresh optimizer (official
+    `train.py`; set `optim.warmup_steps = prune_step` for the official schedule: warm-up
+    until the prune, cosine after it). In a chain of `config.stages`, an auto stage starts
+    from the full-size masked model holding the previous stage's pruned student
+    (`l0.expand`, official `load_pruned_model`).
 """
 import jax
 import jax.numpy as jnp
@@ -58,12 +64,19 @@ class TinyCLIP(Method):
     self._check_compatible()
     self.auto = dict(t.get('auto') or {})
     if self.auto:
-      for key in ('start_sparsity', 'target_sparsity', 'sparsity_warmup'):
+      for key in ('start_sparsity', 'target_sparsity', 'sparsity_warmup', 'prune_step'):
         if key not in self.auto:
           raise ValueError(f'tinyclip.auto needs {key} (have {sorted(self.auto)})')
+      if not 0 <= self.auto['prune_step'] < config.total_steps:
+        raise ValueError(f'tinyclip.auto.prune_step={self.auto["prune_step"]} must be in '
+                         f'[0, total_steps={config.total_steps}): the run ends on the pruned model')
       self.dims = {tower: dict(width=spec['width'], layers=spec['layers'], heads=spec['heads'],
                                mlp=int(spec['width'] * spec.get('mlp_ratio', 4.0)))
                    for tower, spec in zip(TOWERS, (self.model.vision, self.model.text))}
+
+  @property
+  def restructure_step(self):
+    return int(self.auto['prune_step']) if self.auto else None
 
   def _check_compatible(self):
     s, te = self.model, self.teacher_model
@@ -108,12 +121,20 @@ class TinyCLIP(Method):
     self._teacher_params = None
     teacher = place_like(teacher, state.aux['teacher'])
     params = state.params
+    model_params = {k: v for k, v in params.items() if k != 'l0'}
     t = self.config.tinyclip
-    if t.get('inherit') == 'manual':
-      source = load_teacher(t.inherit_from)[1] if t.get('inherit_from') else teacher
-      model_params = {k: v for k, v in params.items() if k != 'l0'}
+    previous = self.config.get('previous_stage')
+    if self.auto and previous:
+      full, logas = l0.expand(load_teacher(previous)[1], model_params)
+      params = dict(params, **place_like(full, model_params))
+      params['l0'] = dict(params['l0'], masks=place_like(logas, params['l0']['masks']))
+    elif t.get('inherit') == 'manual':
+      src = t.get('inherit_from') or previous
+      source = load_teacher(src)[1] if src else teacher
       params = dict(params, **place_like(
           inheritance.inherit(jax.device_get(source), model_params), model_params))
+    elif previous:
+      raise ValueError(f'tinyclip: previous_stage={previous!r} needs inherit="manual" or auto')
     return state.replace(params=params, aux=dict(state.aux, teacher=teacher))
 
   def teacher_embed(self, aux, batch) -> dict:
@@ -155,11 +176,18 @@ class TinyCLIP(Method):
                          aux=dict(state.aux, step=state.step))
 
   def pruned_params(self, params):
-    """The dense student at the end of the mask phase: deterministic masks folded in
-    (run it with `l0.encode(pruned, spec, tower, inputs)`)."""
+    """The dense student at the end of the mask phase: deterministic masks folded in."""
     params = jax.device_get(params)
     masks = l0.deterministic_masks(params['l0']['masks'])
     return l0.prune({k: v for k, v in params.items() if k != 'l0'}, masks)
+
+  def restructure(self, params, aux):
+    """At `prune_step` (host arrays in, host arrays out): the pruned dense student, the
+    aux it keeps (the teacher), and the config changes that describe it."""
+    pruned = self.pruned_params(params)
+    sizes = {tower: l0.pruned_sizes(pruned, t) for tower, t in (('vision', 'visual'),
+                                                               ('text', 'textual'))}
+    return pruned, {'teacher': aux['teacher']}, {'model': sizes, 'tinyclip': {'auto': {}}}
 
   def loss_from_embeddings(self, params, emb, batch):
     del batch

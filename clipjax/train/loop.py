@@ -1,6 +1,8 @@
 """The training loop: build, restore, step, log, evaluate, checkpoint. Method-agnostic."""
+import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from clipjax import convert, evaluate, sharding
 from clipjax.evaluate import report
@@ -57,8 +60,36 @@ def resolve_config(config, tokenizer: Tokenizer) -> ml_collections.ConfigDict:
   return config
 
 
+def merge_config(config, updates: dict) -> ml_collections.ConfigDict:
+  """Copy of `config` with nested `updates` written in (an empty dict replaces a node)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+
+  def merge(node, tree):
+    for key, value in tree.items():
+      if isinstance(value, dict) and value and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        node[key] = value
+  merge(config, updates)
+  return config
+
+
+def write_json_atomic(path: Path, value) -> None:
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(value, indent=2))
+  os.replace(tmp, path)
+
+
+RESTRUCTURE_FILE = 'restructure.json'
+
+
 class Trainer:
-  """Everything a run needs, built once; `train()` and `evaluate()` drive it."""
+  """Everything a run needs; `train()` and `evaluate()` drive it.
+
+  The model, optimizer and compiled step are built from the config (`_build`) once, and
+  again if the method restructures its model mid-run (`restructure`); the workdir's
+  `restructure.json` records the change so a resume past it rebuilds the same model.
+  """
 
   def __init__(self, config, workdir, devices=None):
     self.workdir = Path(workdir).absolute()  # orbax refuses relative checkpoint paths
@@ -66,7 +97,21 @@ class Trainer:
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
     self.source = pipeline.make_source(config.data, image_size=config.model.image_size)
     self.tokenizer = load_tokenizer(config, self.workdir, self.source)
-    self.config = config = resolve_config(config, self.tokenizer)
+    self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
+    config = resolve_config(config, self.tokenizer)
+    self.restructured_at = None
+    record_path = self.workdir / RESTRUCTURE_FILE
+    latest = self.checkpointer.latest_step()
+    if record_path.exists() and latest is not None:
+      record = json.loads(record_path.read_text())
+      if latest > record['step']:
+        config = merge_config(config, record['config'])
+        self.restructured_at = record['step']
+    self._evaluators = None
+    self._build(config)
+
+  def _build(self, config) -> None:
+    self.config = config
     self.method = get_method(config.method)(config, mesh=self.mesh)
     self.model = self.method.model
 
@@ -75,7 +120,8 @@ class Trainer:
     boxed = jax.eval_shape(self.method.init_variables, init_rng)['params']
     param_sharding = sharding.logical_to_sharding(boxed, self.mesh, config.sharding_rules)
     abstract_params = nn.unbox(boxed)
-    self.tx, self.lr_schedule = make_optimizer(config.optim, abstract_params, config.total_steps)
+    self.tx, self.lr_schedule = make_optimizer(config.optim, abstract_params, config.total_steps,
+                                               start_step=self.restructured_at or 0)
 
     def init_state(rng_init, rng_aux, rng_state):
       params = nn.unbox(self.method.init_variables(rng_init)['params'])
@@ -96,8 +142,32 @@ class Trainer:
         make_train_step(self.method, self.tx, self.lr_schedule, config.get('grad_accum_steps', 1)),
         in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh)),
         out_shardings=(self.state_sharding, repl), donate_argnums=0)
-    self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
-    self._evaluators = self._encoder = None
+    self._encoder = None
+
+  def restructure(self, state):
+    """The method's change of model at `method.restructure_step` (TinyCLIP's prune): its
+    new params and aux, a rebuilt model and step, and a fresh optimizer state."""
+    step = int(jax.device_get(state.step))
+    params, aux, updates = self.method.restructure(distributed.fetch(state.params),
+                                                   distributed.fetch(state.aux))
+    if jax.process_index() == 0:
+      write_json_atomic(self.workdir / RESTRUCTURE_FILE, dict(step=step, config=updates))
+    self.restructured_at = step
+    self._build(merge_config(self.config, updates))
+    abstract = self.abstract_state
+    for name, tree, like in (('params', params, abstract.params), ('aux', aux, abstract.aux)):
+      got = jax.tree_util.tree_map(np.shape, tree)
+      want = jax.tree_util.tree_map(lambda a: a.shape, like)
+      if got != want:
+        raise ValueError(f'{type(self.method).__name__}.restructure returned {name} that do not '
+                         f'fit the restructured model {updates}: {got} vs {want}')
+    place = lambda tree, like: jax.tree_util.tree_map(
+        lambda v, a: jax.device_put(np.asarray(v, a.dtype), a.sharding), tree, like)
+    params = place(params, abstract.params)
+    opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
+    log.info('Restructured at step %d: %s', step, updates)
+    return TrainState(step=state.step, params=params, opt_state=opt_state,
+                      aux=place(aux, abstract.aux), rng=state.rng)
 
   def initial_state(self):
     """Fresh state; `config.init_from` entries then overwrite towers from checkpoints."""
@@ -146,6 +216,7 @@ class Trainer:
       return {}, {}
     if self._evaluators is None:
       self._evaluators = evaluate.build_evaluators(self.config.evals)
+    if self._encoder is None:
       self._encoder = evaluate.Encoder(
           self.model, state.params, self.tokenizer, context_length=self.config.model.context_length,
           image_size=self.config.model.image_size, batch_sharding=sharding.batch_sharding(self.mesh)
@@ -160,6 +231,10 @@ class Trainer:
     step = self.checkpointer.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint to evaluate in {self.workdir / "checkpoints"}')
+    if self.restructured_at is not None and step <= self.restructured_at:
+      raise ValueError(f'Checkpoint {step} precedes the restructure at step '
+                       f'{self.restructured_at} ({self.workdir / RESTRUCTURE_FILE}): it holds '
+                       'the model before it; evaluate a later step')
     state, _ = self.checkpointer.restore(self.abstract_state, step)
     results, details = self.evaluate(state)
     MetricWriter(self.workdir, enabled=jax.process_index() == 0).write_eval(
@@ -180,8 +255,11 @@ class Trainer:
     last, evals = {}, {}
     progress = writer.progress(start, c.total_steps)
     t0, n0 = time.perf_counter(), start
+    first_step = start + 1  # throughput excludes compilation, also after a restructure
     try:
       for step in range(start + 1, c.total_steps + 1):
+        if self.method.restructure_step == step - 1:
+          state, first_step = self.restructure(state), step
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           batch = sharding.global_batch(next(it), self.mesh)
           state, metrics = self.train_step(state, batch)
@@ -205,7 +283,7 @@ class Trainer:
         if preempted:
           log.warning('SIGTERM: checkpoint saved at step %d, exiting.', step)
           break
-        if step == start + 1:  # throughput excludes compilation
+        if step == first_step:
           jax.block_until_ready(metrics)
           t0, n0 = time.perf_counter(), step
     finally:

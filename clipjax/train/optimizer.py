@@ -29,12 +29,15 @@ def schedule(cfg, total_steps: int):
       decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.get('end_lr_factor', 0.0))
 
 
-def make_optimizer(cfg, params, total_steps: int):
+def make_optimizer(cfg, params, total_steps: int, start_step: int = 0):
   """AdamW with global-norm clipping; `cfg.frozen` (regex) parameters get no update and no state.
 
-  Returns (optax transformation, learning-rate schedule).
+  `start_step`: the global step at which this optimizer's state is created (a fresh
+  optimizer after a mid-run restructure); its schedule goes on from there.
+  Returns (optax transformation, learning-rate schedule of the global step).
   """
   lr = schedule(cfg, total_steps)
+  local_lr = (lambda count: lr(count + start_step)) if start_step else lr
   names = param_names(params)
   frozen = re.compile(cfg.frozen) if cfg.get('frozen') else None
   no_decay = re.compile(cfg.no_decay) if cfg.get('no_decay') else None
@@ -47,7 +50,7 @@ def make_optimizer(cfg, params, total_steps: int):
   decay_mask = jax.tree_util.tree_map(decays, names, params)
   adamw = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.get('grad_clip') else optax.identity(),
-      optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+      optax.adamw(local_lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                   mask=decay_mask))
   # `cfg.constant_lr`: [[regex, lr], ...]: matching parameters get their own Adam at a fixed
   # rate, no decay, no clipping (e.g. TinyCLIP's mask logits and Lagrange multipliers).
