@@ -28,6 +28,10 @@ def base_config() -> ConfigDict:
   # Towers from pretrained checkpoints (any format clipjax.convert reads), e.g.
   # [dict(target='visual', src='ckpts/hf-clip', subtree='visual')].
   c.init_from = []
+  # Chained runs (clipjax/train/stages.py): one dict of dotted overrides per stage; each
+  # stage gets the previous one's final model as `previous_stage`.
+  c.stages = []
+  c.previous_stage = ''
   return c
 
 

@@ -9,6 +9,7 @@ import pytest
 from clipjax import models
 from clipjax.config_base import load_config
 from clipjax.convert import load
+from clipjax.train import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +33,22 @@ def test_recipe_towers_match_paper_sizes(recipe, vision, text):
 def test_unknown_recipe_names_the_file():
   with pytest.raises(ValueError, match='tinyclip_vit.py: unknown recipe'):
     load_config(str(ROOT / 'configs/tinyclip_vit.py'), 'vit1m')
+
+
+def test_auto_recipe_chains_three_pruning_stages():
+  """Official auto scripts: 0->25%, 25->50%, 50->75%, pruned at 3000/5000/8000 steps, the
+  model warm-up as long as the mask phase, mask logits at their own constant lr 0.02."""
+  c = load_config(str(ROOT / 'configs/tinyclip_vit.py'), 'auto')
+  got = [(s.tinyclip.auto.start_sparsity, s.tinyclip.auto.target_sparsity,
+          s.tinyclip.auto.prune_step, s.optim.warmup_steps) for s in stages.stage_configs(c)]
+  assert got == [(0.0, 0.25, 3000, 3000), (0.25, 0.5, 5000, 5000), (0.5, 0.75, 8000, 8000)]
+  assert c.model.name == 'ViT-B/32' and c.optim.constant_lr == [['l0/.*', 0.02]]
+
+
+def test_auto_quickstart_chains_three_stages_of_the_teacher_size():
+  c = load_config(str(ROOT / 'configs/tinyclip_auto_quickstart.py'), 'runs/teacher')
+  configs = stages.stage_configs(c)
+  assert [s.tinyclip.auto.target_sparsity for s in configs] == [0.25, 0.5, 0.75]
+  assert all(s.tinyclip.auto.prune_step < s.total_steps and s.tinyclip.inherit == 'manual'
+             for s in configs)
+  assert dict(c.model.vision) == dict(c.model.text) == dict(width=64, heads=4, layers=2)

@@ -1,0 +1,129 @@
+"""TinyCLIP automatic inheritance in the loop: the mid-run prune to a dense student with a
+fresh optimizer, exact resume on either side of it, and chained progressive stages."""
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from clipjax import sharding
+from clipjax.convert import native
+from clipjax.methods import l0
+from clipjax.train import stages
+from clipjax.train.loop import Trainer
+from tests.test_tinyclip import run_steps, student_config, teacher_dir  # pylint: disable=unused-import
+
+TOWERS = (('visual', 'vision', 'image', 'encode_image'), ('textual', 'text', 'text', 'encode_text'))
+PRUNE_STEP = 4
+
+
+def auto_config(teacher, **overrides):
+  """Teacher-sized student inheriting the teacher, masks learning fast (lr 0.5) so that a
+  few steps prune something."""
+  c = student_config(teacher, **{
+      'model.vision': dict(layers=4, width=64, heads=4), 'model.text': dict(layers=4, width=64, heads=4),
+      'optim.warmup_steps': PRUNE_STEP, 'optim.no_decay': 'l0/.*',
+      'optim.constant_lr': [['l0/.*', 0.5]], 'total_steps': 9, 'checkpoint_every': 3,
+      'log_every': 1, **overrides})
+  c.tinyclip.auto = dict(start_sparsity=0.0, target_sparsity=0.5, sparsity_warmup=3,
+                         prune_step=PRUNE_STEP)
+  return c
+
+
+def leaves_equal(a, b) -> bool:
+  a, b = jax.device_get(a), jax.device_get(b)
+  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and
+          all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                    jax.tree_util.tree_leaves(b))))
+
+
+def logged(workdir) -> list:
+  """metrics.jsonl without the wall-clock throughput."""
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k != 'examples_per_sec'} for r in rows]
+
+
+@pytest.mark.slow
+def test_prune_keeps_outputs_and_training_goes_on(teacher_dir, tmp_path):
+  trainer = Trainer(auto_config(teacher_dir), tmp_path)
+  masked, _ = run_steps(trainer, PRUNE_STEP)
+  batch = sharding.global_batch(next(trainer.make_loader()), trainer.mesh)
+  params = jax.device_get(masked.params)
+  masks = l0.deterministic_masks(params['l0']['masks'])
+  spec = {'vision': trainer.model.vision, 'text': trainer.model.text}
+  want = {t: l0.encode(params, spec[s], t, batch[k], masks[t]) for t, s, k, _ in TOWERS}
+
+  dense = trainer.restructure(masked)
+  assert 'l0' not in dense.params and int(dense.step) == PRUNE_STEP
+  record = json.loads((tmp_path / 'restructure.json').read_text())
+  assert record['step'] == PRUNE_STEP and record['config']['tinyclip'] == {'auto': {}}
+  for tower, s, key, method in TOWERS:
+    sizes = l0.pruned_sizes(dense.params, tower)
+    assert sizes == record['config']['model'][s]
+    assert l0.prunable_count(dense.params, tower) < l0.prunable_count(params, tower)
+    got = trainer.model.apply({'params': dense.params}, batch[key], method=method)
+    np.testing.assert_allclose(got, want[tower], atol=2e-5, rtol=1e-4)
+  moments = [x for x in jax.tree_util.tree_leaves(jax.device_get(dense.opt_state)) if np.ndim(x)]
+  assert moments and not any(np.any(x) for x in moments)  # a fresh optimizer
+  before = jax.device_get(dense.params)  # the step donates its input state
+  after, metrics = run_steps(trainer, 4, state=dense)
+  print('distill loss after the prune:', [round(m['distill_loss'], 4) for m in metrics])
+  assert all(np.isfinite(m['loss']) and m['loss'] == m['distill_loss'] for m in metrics)
+  assert metrics[0]['learning_rate'] == pytest.approx(trainer.lr_schedule(PRUNE_STEP))
+  assert not leaves_equal(after.params, before)
+
+
+@pytest.mark.slow
+def test_resume_on_either_side_of_the_prune_is_exact(teacher_dir, tmp_path):
+  config = auto_config(teacher_dir)
+  full = Trainer(config, tmp_path / 'full')
+  full.train()
+  for keep in (3, 6):  # the newest checkpoint left: before the prune at 4, then after it
+    run = tmp_path / f'resumed_from_{keep}'
+    shutil.copytree(tmp_path / 'full', run)
+    for ckpt in (run / 'checkpoints').iterdir():
+      if ckpt.name.isdigit() and int(ckpt.name) > keep:
+        shutil.rmtree(ckpt)
+    resumed = Trainer(config, run)
+    assert resumed.restructured_at == (PRUNE_STEP if keep > PRUNE_STEP else None)
+    resumed.train()
+    assert leaves_equal(resumed.state.params, full.state.params), keep
+    assert logged(run) == logged(tmp_path / 'full'), keep
+
+
+@pytest.mark.slow
+def test_stages_chain_pruned_students_and_resume_mid_chain(teacher_dir, tmp_path):
+  """25% then 50%: stage 2 starts from the full masked model holding stage 1's student
+  (computing it exactly), prunes further, and a chain cut inside stage 2 resumes exactly."""
+  config = auto_config(teacher_dir, total_steps=6)
+  auto = lambda start, target: {'tinyclip.auto': dict(
+      start_sparsity=start, target_sparsity=target, sparsity_warmup=2, prune_step=3)}
+  config.stages = [auto(0.0, 0.25), auto(0.25, 0.5)]
+  stages.run(config, tmp_path / 'chain')
+  first, second = (native.load_native(str(tmp_path / f'chain/stage_{i}/final')) for i in (1, 2))
+  count = lambda params: sum(l0.prunable_count(params, t) for t, *_ in TOWERS)
+  teacher = native.load_native(teacher_dir)[1]
+  print('prunable params: teacher', count(teacher), 'stage 1', count(first[1]),
+        'stage 2', count(second[1]))
+  assert count(second[1]) < count(first[1]) < count(teacher)
+
+  stage2 = stages.stage_configs(config)[1]
+  stage2.previous_stage = str(tmp_path / 'chain/stage_1/final')
+  start = jax.device_get(Trainer(stage2, tmp_path / 'probe').initial_state().params)
+  masks = l0.deterministic_masks(start['l0']['masks'])
+  batch = dict(np.load(f'{teacher_dir}/batch.npz'))
+  model, params = first
+  for tower, s, key, method in TOWERS:
+    want = model.apply({'params': params}, batch[key], method=method)
+    got = l0.encode(start, getattr(model, s), tower, batch[key], masks[tower])
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+  cut = tmp_path / 'cut'
+  shutil.copytree(tmp_path / 'chain', cut)
+  shutil.rmtree(cut / 'stage_2/final')
+  for ckpt in (cut / 'stage_2/checkpoints').iterdir():
+    if ckpt.name.isdigit() and int(ckpt.name) > 3:
+      shutil.rmtree(ckpt)
+  stages.run(config, cut)
+  assert leaves_equal(native.load_native(str(cut / 'stage_2/final'))[1], second[1])
