@@ -72,12 +72,14 @@ class Tokenizer:
     raise ValueError(f'{file}: no start/end-of-text tokens found; expected one of {known}.')
 
   def save(self, path) -> str:
-    """Writes tokenizer.json (into `path` if it is a folder or has no .json suffix)."""
+    """Writes tokenizer.json (into `path` if it is a folder or has no .json suffix),
+    atomically: a run killed mid-write must not leave a truncated vocabulary to resume with."""
     path = os.fspath(path)
     if not path.endswith('.json'):
       os.makedirs(path, exist_ok=True)
       path = os.path.join(path, 'tokenizer.json')
-    self._tok.save(path)
+    self._tok.save(path + '.tmp')
+    os.replace(path + '.tmp', path)
     return path
 
   @property
