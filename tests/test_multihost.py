@@ -378,3 +378,25 @@ def test_tpu_dry_run_prints_create_copy_install_start_and_follow(tmp_path):
   assert got['argv'] == ['-m', 'clipjax.main', *ARGS]
   assert got['env'] == {'CLIPJAX_DISTRIBUTED': '1'}
 
+
+
+SUM_COUNTS = r'''
+import json, sys, jax
+from clipjax.train import distributed
+i = int(sys.argv[1])
+jax.distributed.initialize(f'127.0.0.1:{sys.argv[2]}', 2, i)
+print(json.dumps(distributed.sum_counts({'decode_error': i + 1, f'only_on_{i}': 10 * (i + 1)})))
+'''
+
+
+def test_skip_counts_are_summed_over_processes():
+  """Each process counts its own bad samples, under reasons the other may never see."""
+  port = str(free_port())
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
+  procs = [subprocess.Popen([sys.executable, '-c', SUM_COUNTS, str(i), port], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [finish(p, timeout=120) for p in procs]
+  for out in outs:
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        'decode_error': 3, 'only_on_0': 10, 'only_on_1': 20}

@@ -266,7 +266,8 @@ class TrainLoader:
   """Infinite iterator of numpy batches with exact, JSON-serialisable resume state.
 
   `skipped` holds the cumulative count of dropped samples per reason (from this
-  process); `metrics()` flattens it to {'data/skipped': n, 'data/skipped/<reason>': n}.
+  process); `metrics()` flattens it to {'data/skipped': n, 'data/skipped/<reason>': n}
+  (the training loop sums it over processes).
   `rows_per_process` is set when this process's stream takes that many rows of each
   global batch (process_split='batch'): a state saved under another process count is
   mapped to the same number of global batches.
@@ -286,9 +287,12 @@ class TrainLoader:
     self.skipped.update(batch.pop(_COUNTS_KEY))
     return batch
 
-  def metrics(self) -> dict:
-    out = {'data/skipped': int(sum(self.skipped.values()))}
-    out.update({f'data/skipped/{k}': int(v) for k, v in sorted(self.skipped.items())})
+  def metrics(self, reduce=dict) -> dict:
+    """{'data/skipped': n, 'data/skipped/<reason>': n}; `reduce` combines the per-reason
+    counts, e.g. over processes (`clipjax.train.distributed.sum_counts`)."""
+    skipped = reduce(self.skipped)
+    out = {'data/skipped': int(sum(skipped.values()))}
+    out.update({f'data/skipped/{k}': int(v) for k, v in sorted(skipped.items())})
     return out
 
   def get_state(self) -> dict:

@@ -14,6 +14,8 @@ and once running, a process whose peers miss heartbeats for `heartbeat_timeout` 
 (CLIPJAX_HEARTBEAT_TIMEOUT) is terminated by the JAX coordination service, so a dead peer
 or coordinator never leaves the others hanging in a collective.
 """
+import collections
+import json
 import logging
 import os
 import signal
@@ -22,6 +24,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
@@ -185,6 +188,21 @@ class PreemptionWatch:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+
+def sum_counts(counts: dict) -> dict:
+  """{name: int} summed over processes; each may count names the others never saw (the
+  input pipeline's skip reasons), so the dicts travel as JSON bytes."""
+  if jax.process_count() == 1:
+    return dict(counts)
+  blob = np.frombuffer(json.dumps(dict(counts)).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([blob.size], np.int64)).ravel()
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  total = collections.Counter()
+  for row, size in zip(multihost_utils.process_allgather(padded), sizes):
+    total.update(json.loads(bytes(row[:size]).decode()))
+  return dict(total)
 
 
 def fetch(tree):

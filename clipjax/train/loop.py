@@ -269,7 +269,7 @@ class Trainer:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           dt = time.perf_counter() - t0
           last['examples_per_sec'] = (step - n0) * c.batch_size / dt
-          last.update(loader.metrics())
+          last.update(loader.metrics(reduce=distributed.sum_counts))  # all processes
           t0, n0 = time.perf_counter(), step
           writer.write(step, last)
           progress.update(step, last)
