@@ -45,14 +45,14 @@ def logged(workdir) -> list:
 
 
 @pytest.mark.slow
-def test_prune_keeps_outputs_and_training_goes_on(teacher_dir, tmp_path):
+def test_prune_keeps_the_evaluated_outputs_and_training_goes_on(teacher_dir, tmp_path):
   trainer = Trainer(auto_config(teacher_dir), tmp_path)
   masked, _ = run_steps(trainer, PRUNE_STEP)
   batch = sharding.global_batch(next(trainer.make_loader()), trainer.mesh)
   params = jax.device_get(masked.params)
-  masks = l0.deterministic_masks(params['l0']['masks'])
-  spec = {'vision': trainer.model.vision, 'text': trainer.model.text}
-  want = {t: l0.encode(params, spec[s], t, batch[k], masks[t]) for t, s, k, _ in TOWERS}
+  # What the evaluators see in the mask phase: the deterministic masks the prune will apply.
+  view, view_params = trainer.method.eval_view(masked.params)
+  want = {t: view.apply({'params': view_params}, batch[k], method=m) for t, _, k, m in TOWERS}
 
   dense = trainer.restructure(masked)
   assert 'l0' not in dense.params and int(dense.step) == PRUNE_STEP

@@ -60,6 +60,12 @@ class Method:
           state.params, [dict(src=self.config.previous_stage)]))
     return state
 
+  def eval_view(self, params) -> tuple:
+    """(model, params) that evaluators embed with (`model.apply(..., method='encode_image')`).
+    A method whose trained forward is not plain `self.model` (TinyCLIP's masks) returns
+    its own view; the model object must stay the same between calls (compiled once)."""
+    return self.model, params
+
   def restructure(self, params, aux) -> tuple:
     """After `restructure_step` steps, outside jit, on host arrays: (params, aux, config
     updates). The loop rebuilds model, optimizer (fresh state) and step from the updated

@@ -45,6 +45,7 @@ from clipjax.methods import inheritance, l0
 from clipjax.methods.base import Method
 from clipjax.methods.teacher import load_teacher, teacher_model
 from clipjax.models.clip import l2_normalize
+from clipjax.train import distributed
 
 TOWERS = ('visual', 'textual')
 
@@ -73,6 +74,7 @@ class TinyCLIP(Method):
       self.dims = {tower: dict(width=spec['width'], layers=spec['layers'], heads=spec['heads'],
                                mlp=int(spec['width'] * spec.get('mlp_ratio', 4.0)))
                    for tower, spec in zip(TOWERS, (self.model.vision, self.model.text))}
+      self._masked_view = MaskedTowers(self.model)
 
   @property
   def restructure_step(self):
@@ -175,6 +177,14 @@ class TinyCLIP(Method):
     return state.replace(params=dict(state.params, l0=l0_params),
                          aux=dict(state.aux, step=state.step))
 
+  def eval_view(self, params):
+    """During the mask phase: the masked model under its deterministic masks (what a prune
+    now would keep; the official eval-mode L0Module), not the unmasked weights."""
+    if not self.auto:
+      return super().eval_view(params)
+    masks = l0.deterministic_masks(distributed.fetch(params['l0']['masks']))
+    return self._masked_view, dict(params, l0=masks)
+
   def pruned_params(self, params):
     """The dense student at the end of the mask phase: deterministic masks folded in."""
     params = jax.device_get(params)
@@ -206,6 +216,19 @@ class TinyCLIP(Method):
       loss = loss + t.infonce_weight * hard
       metrics['infonce_loss'] = hard
     return loss, metrics
+
+
+class MaskedTowers:
+  """`model.apply`-compatible view of the masked towers for `evaluate.Encoder`: the masks
+  travel in params['l0'] as {tower: {hidden, heads, intermediate}}."""
+
+  def __init__(self, model):
+    self.specs = {'visual': model.vision, 'textual': model.text}
+
+  def apply(self, variables, inputs, method: str):
+    tower = {'encode_image': 'visual', 'encode_text': 'textual'}[method]
+    params = variables['params']
+    return l0.encode(params, self.specs[tower], tower, inputs, params['l0'][tower])
 
 
 def place_like(values, like):

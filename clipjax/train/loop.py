@@ -216,13 +216,14 @@ class Trainer:
       return {}, {}
     if self._evaluators is None:
       self._evaluators = evaluate.build_evaluators(self.config.evals)
+    model, params = self.method.eval_view(state.params)
     if self._encoder is None:
       self._encoder = evaluate.Encoder(
-          self.model, state.params, self.tokenizer, context_length=self.config.model.context_length,
+          model, params, self.tokenizer, context_length=self.config.model.context_length,
           image_size=self.config.model.image_size, batch_sharding=sharding.batch_sharding(self.mesh)
           if self.config.get('eval_batch_size', 256) % self.mesh.size == 0 else None,
           batch_size=self.config.get('eval_batch_size', 256))
-    self._encoder.params = state.params
+    self._encoder.params = params
     details = {}
     return evaluate.run_evaluators(self._evaluators, self._encoder, details), details
 
