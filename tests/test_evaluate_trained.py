@@ -1,4 +1,13 @@
-"""A briefly trained quickstart model beats its own random initialisation on a linear probe."""
+"""A briefly trained quickstart model beats its own random initialisation on a linear probe.
+
+The probe is on held-out shapes, not on sklearn's digits: the synthetic shapes do not
+teach digit features. Digits, paired with each run's own init (3 training seeds x 3
+probe splits, 899 test digits): 500 steps 0.78 vs 0.82 (L2-normalised projected
+features), 0.81 vs 0.84 (pre-projection, the CLIP paper's choice), 0.83 vs 0.84 (mean
+of patch tokens); gap pooling, patch 4 and SigLIP are likewise at or below random, and
+longer training widens the gap (3,000 steps: 0.75 vs 0.82) while the held-out shape
+probe rises (1,000 images: init 0.87, 500 steps 0.99).
+"""
 import contextlib
 import io
 from pathlib import Path
