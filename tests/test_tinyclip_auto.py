@@ -12,17 +12,30 @@ from clipjax.convert import native
 from clipjax.methods import l0
 from clipjax.train import stages
 from clipjax.train.loop import Trainer
-from tests.test_tinyclip import run_steps, student_config, teacher_dir  # pylint: disable=unused-import
+from tests.test_tinyclip import run_steps, student_config
+from tests.test_train import tiny_config
 
 TOWERS = (('visual', 'vision', 'image', 'encode_image'), ('textual', 'text', 'text', 'encode_text'))
 PRUNE_STEP = 4
+TOWER = dict(layers=2, width=32, heads=2)  # small: each test compiles several steps
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  """A 2+2-block, 32-wide quickstart CLIP after a few InfoNCE steps, as a native folder."""
+  tmp = tmp_path_factory.mktemp('teacher')
+  trainer = Trainer(tiny_config(**{'model.vision': TOWER, 'model.text': TOWER}), tmp / 'run')
+  state, _ = run_steps(trainer, 10)
+  native.save(trainer.model, jax.device_get(state.params), str(tmp / 'teacher'), trainer.tokenizer)
+  np.savez(tmp / 'teacher/batch.npz', **next(trainer.make_loader()))  # a held batch
+  return str(tmp / 'teacher')
 
 
 def auto_config(teacher, **overrides):
   """Teacher-sized student inheriting the teacher, masks learning fast (lr 0.5) so that a
   few steps prune something."""
   c = student_config(teacher, **{
-      'model.vision': dict(layers=4, width=64, heads=4), 'model.text': dict(layers=4, width=64, heads=4),
+      'model.vision': TOWER, 'model.text': TOWER,
       'optim.warmup_steps': PRUNE_STEP, 'optim.no_decay': 'l0/.*',
       'optim.constant_lr': [['l0/.*', 0.5]], 'total_steps': 9, 'checkpoint_every': 3,
       'log_every': 1, **overrides})
