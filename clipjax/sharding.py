@@ -4,6 +4,7 @@ Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`); co
 them to the mesh axes `data`, `fsdp`, `tensor` (MaxText style). The batch is split over
 `data` x `fsdp`.
 """
+import logging
 from typing import Sequence
 
 import flax.linen as nn
@@ -11,6 +12,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
@@ -81,11 +84,20 @@ def fit_to_shape(s: NamedSharding, shape) -> NamedSharding:
 
 
 def logical_to_sharding(logical_tree, mesh: Mesh, rules: Sequence) -> object:
-  """Boxed (nn.Partitioned) abstract variables -> tree of NamedSharding (`fit_to_shape`)."""
+  """Boxed (nn.Partitioned) abstract variables -> tree of NamedSharding (`fit_to_shape`);
+  logs which parameters lost a sharded dimension that way (they cost more memory)."""
   specs = nn.get_partition_spec(logical_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
-  return jax.tree_util.tree_map(lambda s, x: fit_to_shape(s, x.shape), shardings,
-                                nn.unbox(logical_tree))
+  fitted = jax.tree_util.tree_map(lambda s, x: fit_to_shape(s, x.shape), shardings,
+                                  nn.unbox(logical_tree))
+  changed = [f'{jax.tree_util.keystr(path)} {tuple(x.shape)} {s.spec}->{f.spec}'
+             for (path, x), s, f in zip(jax.tree_util.tree_leaves_with_path(nn.unbox(logical_tree)),
+                                        jax.tree_util.tree_leaves(shardings),
+                                        jax.tree_util.tree_leaves(fitted)) if s is not f]
+  if changed:
+    log.warning('%d parameters replicate dimensions the mesh does not divide, e.g. %s',
+                len(changed), '; '.join(changed[:3]))
+  return fitted
 
 
 def like_params(tree, params, param_shardings, default):
