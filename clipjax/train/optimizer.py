@@ -5,7 +5,6 @@ Names are '/'-joined parameter paths, e.g. `visual/transformer/block_0/attn/quer
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 
 # open_clip's rule: no weight decay on anything with fewer than two dimensions
