@@ -117,6 +117,16 @@ def like_params(tree, params, param_shardings, default):
   return jax.tree_util.tree_map_with_path(pick, tree)
 
 
+def place_like(values, like):
+  """`values` with the dtypes and shardings of the tree `like` (abstract or real arrays).
+  Device arrays already of the right dtype are only re-placed, never copied to the host."""
+  def place(v, l):
+    if not (isinstance(v, jax.Array) and v.dtype == l.dtype):
+      v = np.asarray(v).astype(l.dtype)
+    return jax.device_put(v, getattr(l, 'sharding', None))
+  return jax.tree_util.tree_map(place, nn.unbox(values), like)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -21,7 +21,8 @@ CURVES_PNG = 'training_curves.png'
 TRAIN_KEYS = ('loss', 'learning_rate', 'examples_per_sec')
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path, text: str) -> None:
+  """Write-then-rename: a reader never sees half a file, a crash never leaves one."""
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     f.write(text)
@@ -35,7 +36,7 @@ def write_eval_json(workdir: str, results: dict, step: Optional[int] = None) -> 
   if step is not None:
     row = {'step': int(step), **row}
   path = os.path.join(workdir, EVAL_JSON)
-  _atomic_write(path, json.dumps(row, indent=1, sort_keys=True) + '\n')
+  atomic_write(path, json.dumps(row, indent=1, sort_keys=True) + '\n')
   if step is not None:
     with open(os.path.join(workdir, EVAL_HISTORY), 'a') as f:
       f.write(json.dumps(row) + '\n')

@@ -8,7 +8,6 @@ accumulation keep the full batch of negatives (GradCache, as open_clip's `--accu
 """
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -67,8 +66,8 @@ class Method:
     return self.model, params
 
   def restructure(self, params, aux) -> tuple:
-    """After `restructure_step` steps, outside jit, on host arrays: (params, aux, config
-    updates). The loop rebuilds model, optimizer (fresh state) and step from the updated
+    """After `restructure_step` steps, outside jit: host params and the device aux in,
+    (params, aux, config updates) out (aux entries kept as they are stay on device). The loop rebuilds model, optimizer (fresh state) and step from the updated
     config and goes on; TinyCLIP prunes its student here."""
     raise NotImplementedError(f'{type(self).__name__} sets restructure_step but no restructure')
 

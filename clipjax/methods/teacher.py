@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import jax
 import ml_collections
 
 from clipjax import convert
@@ -54,5 +53,5 @@ def export_run(workdir: str, dst: str, step=None) -> str:
   if trainer.checkpointer.latest_step() is None:
     raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint to export')
   state, _ = trainer.checkpointer.restore(trainer.abstract_state, step)
-  native.save(trainer.model, jax.device_get(state.params), dst, trainer.tokenizer)
+  trainer.export(state.params, dst)
   return dst

@@ -35,11 +35,10 @@ Config (`config.tinyclip`):
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import flax.linen as nn
 
-from clipjax import losses
+from clipjax import losses, sharding
 from clipjax.convert import load
 from clipjax.methods import inheritance, l0
 from clipjax.methods.base import Method
@@ -121,19 +120,19 @@ class TinyCLIP(Method):
     if teacher is None:
       teacher = load_teacher(self.teacher_src, self.teacher_format)[1]
     self._teacher_params = None
-    teacher = place_like(teacher, state.aux['teacher'])
+    teacher = sharding.place_like(teacher, state.aux['teacher'])
     params = state.params
     model_params = {k: v for k, v in params.items() if k != 'l0'}
     t = self.config.tinyclip
     previous = self.config.get('previous_stage')
     if self.auto and previous:
       full, logas = l0.expand(load_teacher(previous)[1], model_params)
-      params = dict(params, **place_like(full, model_params))
-      params['l0'] = dict(params['l0'], masks=place_like(logas, params['l0']['masks']))
+      params = dict(params, **sharding.place_like(full, model_params))
+      params['l0'] = dict(params['l0'], masks=sharding.place_like(logas, params['l0']['masks']))
     elif t.get('inherit') == 'manual':
       src = t.get('inherit_from') or previous
       source = load_teacher(src)[1] if src else teacher
-      params = dict(params, **place_like(
+      params = dict(params, **sharding.place_like(
           inheritance.inherit(jax.device_get(source), model_params), model_params))
     elif previous:
       raise ValueError(f'tinyclip: previous_stage={previous!r} needs inherit="manual" or auto')
@@ -192,8 +191,8 @@ class TinyCLIP(Method):
     return l0.prune({k: v for k, v in params.items() if k != 'l0'}, masks)
 
   def restructure(self, params, aux):
-    """At `prune_step` (host arrays in, host arrays out): the pruned dense student, the
-    aux it keeps (the teacher), and the config changes that describe it."""
+    """At `prune_step`: the pruned dense student (host arrays), the aux it keeps (the
+    teacher, on device), and the config changes that describe it."""
     pruned = self.pruned_params(params)
     sizes = {tower: l0.pruned_sizes(pruned, t) for tower, t in (('vision', 'visual'),
                                                                ('text', 'textual'))}
@@ -229,13 +228,6 @@ class MaskedTowers:
     tower = {'encode_image': 'visual', 'encode_text': 'textual'}[method]
     params = variables['params']
     return l0.encode(params, self.specs[tower], tower, inputs, params['l0'][tower])
-
-
-def place_like(values, like):
-  """`values` (host or device arrays) with the dtypes and shardings of the tree `like`."""
-  return jax.tree_util.tree_map(
-      lambda v, l: jax.device_put(np.asarray(v).astype(l.dtype), getattr(l, 'sharding', None)),
-      load.unbox(values), like)
 
 
 METHOD = TinyCLIP

@@ -2,7 +2,7 @@
 import json
 import logging
 import math
-import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from clipjax import convert, evaluate, sharding
+from clipjax.convert import native
 from clipjax.evaluate import report
 from clipjax.data import pipeline
 from clipjax.data.tokenizer import Tokenizer
@@ -72,12 +74,6 @@ def merge_config(config, updates: dict) -> ml_collections.ConfigDict:
         node[key] = value
   merge(config, updates)
   return config
-
-
-def write_json_atomic(path: Path, value) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(value, indent=2))
-  os.replace(tmp, path)
 
 
 RESTRUCTURE_FILE = 'restructure.json'
@@ -148,10 +144,10 @@ class Trainer:
     """The method's change of model at `method.restructure_step` (TinyCLIP's prune): its
     new params and aux, a rebuilt model and step, and a fresh optimizer state."""
     step = int(jax.device_get(state.step))
-    params, aux, updates = self.method.restructure(distributed.fetch(state.params),
-                                                   distributed.fetch(state.aux))
+    params, aux, updates = self.method.restructure(distributed.fetch(state.params), state.aux)
     if jax.process_index() == 0:
-      write_json_atomic(self.workdir / RESTRUCTURE_FILE, dict(step=step, config=updates))
+      report.atomic_write(self.workdir / RESTRUCTURE_FILE,
+                          json.dumps(dict(step=step, config=updates), indent=2))
     self.restructured_at = step
     self._build(merge_config(self.config, updates))
     abstract = self.abstract_state
@@ -161,13 +157,26 @@ class Trainer:
       if got != want:
         raise ValueError(f'{type(self.method).__name__}.restructure returned {name} that do not '
                          f'fit the restructured model {updates}: {got} vs {want}')
-    place = lambda tree, like: jax.tree_util.tree_map(
-        lambda v, a: jax.device_put(np.asarray(v, a.dtype), a.sharding), tree, like)
-    params = place(params, abstract.params)
+    params = sharding.place_like(params, abstract.params)
     opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
     log.info('Restructured at step %d: %s', step, updates)
     return TrainState(step=state.step, params=params, opt_state=opt_state,
-                      aux=place(aux, abstract.aux), rng=state.rng)
+                      aux=sharding.place_like(aux, abstract.aux), rng=state.rng)
+
+  def export(self, params, folder) -> Path:
+    """The model, its spec and tokenizer as a native folder (what `clipjax.convert` and
+    teachers read), written beside `folder` and renamed into place. Every process calls it."""
+    folder = Path(folder).absolute()
+    params = distributed.fetch(params)
+    if jax.process_index() == 0:
+      tmp = folder.with_name(folder.name + '.tmp')
+      shutil.rmtree(tmp, ignore_errors=True)
+      native.save(self.model, params, str(tmp), self.tokenizer)
+      shutil.rmtree(folder, ignore_errors=True)
+      tmp.rename(folder)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'export {folder}')
+    return folder
 
   def initial_state(self):
     """Fresh state; `config.init_from` entries then overwrite towers from checkpoints."""

@@ -9,14 +9,11 @@ its masked full model). Re-running the same command resumes the chain: finished 
 (those with `final`) are skipped and the current one resumes from its checkpoint.
 """
 import logging
-import shutil
 from pathlib import Path
 
 import jax
-from jax.experimental import multihost_utils
 
 from clipjax.convert import native
-from clipjax.train import distributed
 from clipjax.train.loop import Trainer
 
 log = logging.getLogger(__name__)
@@ -65,19 +62,6 @@ def run(config, workdir) -> dict:
       log.warning('Stage %d stopped at step %d of %d; run again to resume.', i,
                   int(jax.device_get(trainer.state.step)), stage.total_steps)
       return {}
-    export(trainer, final)
+    trainer.export(trainer.state.params, final)
     previous = str(final)
   return results
-
-
-def export(trainer, final: Path) -> None:
-  """The stage's model, spec and tokenizer as a native folder, renamed into place."""
-  params = distributed.fetch(trainer.state.params)
-  if jax.process_index() == 0:
-    tmp = final.with_name(final.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    native.save(trainer.model, params, str(tmp), trainer.tokenizer)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f'stage export {final}')
