@@ -1,9 +1,11 @@
 """Time and peak memory of forward+backward of the contrastive losses, per implementation.
 
-Each (batch, implementation) runs in its own subprocess so its peak RSS (the memory the
-process really touched, compile included) is not polluted by the others. Prints a
-markdown table with ratios against "xla"; "xla" is skipped where its B x B matrices
-would not fit in --max_xla_gb, and interpreted Pallas (off GPU) above --max_interpret.
+Each (batch, implementation) runs in its own subprocess so its peak memory is not
+polluted by the others: on GPU the allocator's peak device bytes, elsewhere the peak RSS
+(the memory the process really touched, compile included). Prints a markdown table with
+ratios against "xla"; "xla" is skipped where its B x B matrices would not fit in
+--max_xla_gb, and interpreted Pallas (off GPU) above --max_interpret. Time is the median
+of --reps runs after one warm-up run (the minimum on CPU, where other jobs add noise).
 
   nice -n 10 python benchmarks/losses.py --sizes 1024 4096 16384 65536
   python benchmarks/losses.py --check 4096       # chunked/pallas grads vs xla
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -47,28 +50,37 @@ def run_one(loss, batch, dim, implementation, dtype, reps):
   args = _inputs(loss, batch, dim, dtype)
   jax.block_until_ready(args)
   step = _step(loss, implementation).lower(*args).compile()
+  on_gpu = jax.default_backend() == 'gpu'
+  if on_gpu:
+    jax.block_until_ready(step(*args))
   times = []
   for _ in range(reps):
     start = time.perf_counter()
     jax.block_until_ready(step(*args))
     times.append(time.perf_counter() - start)
-  peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+  if on_gpu:
+    peak_gb = jax.devices()[0].memory_stats()['peak_bytes_in_use'] / 2**30
+  else:
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+  seconds = statistics.median(times) if on_gpu else min(times)
   return dict(loss=loss, batch=batch, dim=dim, impl=implementation, dtype=dtype,
-              seconds=min(times), peak_gb=peak_gb, backend=jax.default_backend())
+              seconds=seconds, peak_gb=peak_gb, backend=jax.default_backend())
 
 
 def check_grads(loss, batch, dim):
-  """Max |grad - grad_xla| / max |grad_xla| for each lean implementation."""
+  """Max |grad - ref| / max |ref| per implementation at JAX's default matmul precision
+  (TF32 for float32 on recent GPUs), ref being 'xla' with float32 ('highest') matmuls."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   args = _inputs(loss, batch, dim, 'float32')
-  want = _step(loss, 'xla')(*args)
+  with jax.default_matmul_precision('highest'):
+    want = _step(loss, 'xla')(*args)
   out = {}
-  for impl in ('chunked', 'pallas'):
+  for impl in ('xla', 'chunked', 'pallas'):
     got = _step(loss, impl)(*args)
     errs = [float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w)))
             for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
-    out[impl] = dict(loss_value=float(got[0]), loss_xla=float(want[0]), max_rel_err=max(errs))
+    out[impl] = dict(loss_value=float(got[0]), loss_ref=float(want[0]), max_rel_err=max(errs))
   return out
 
 
@@ -76,7 +88,8 @@ def _subprocess(loss, batch, dim, impl, dtype, reps):
   cmd = [sys.executable, __file__, '--one', loss, str(batch), str(dim), impl, dtype, str(reps)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
-    return dict(loss=loss, batch=batch, impl=impl, error=proc.stderr.strip().splitlines()[-1])
+    lines = proc.stderr.strip().splitlines() or [f'exit code {proc.returncode}']
+    return dict(loss=loss, batch=batch, impl=impl, dtype=dtype, error=lines[-1])
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -84,18 +97,20 @@ def _xla_fits(batch, max_gb):
   return 4 * 4 * batch * batch / 2**30 <= max_gb  # ~4 live float32 B x B arrays
 
 
-def table(results):
-  xla = {(r['loss'], r['batch']): r for r in results if r['impl'] == 'xla' and 'seconds' in r}
-  lines = ['| loss | B | impl | fwd+bwd s | peak RSS GB | time / xla | memory / xla |',
-           '|---|---|---|---|---|---|---|']
+def table(results, memory='peak RSS GB'):
+  xla = {(r['loss'], r['batch'], r.get('dtype')): r
+         for r in results if r['impl'] == 'xla' and 'seconds' in r}
+  lines = [f'| loss | B | dtype | impl | fwd+bwd ms | {memory} | time / xla | memory / xla |',
+           '|---|---|---|---|---|---|---|---|']
   for r in results:
+    head = f"| {r['loss']} | {r['batch']} | {r.get('dtype', '')} | {r['impl']} |"
     if 'error' in r:
-      lines.append(f"| {r['loss']} | {r['batch']} | {r['impl']} | error: {r['error'][:60]} | | | |")
+      lines.append(f"{head} error: {r['error'][:60]} | | | |")
       continue
-    ref = xla.get((r['loss'], r['batch']))
+    ref = xla.get((r['loss'], r['batch'], r['dtype']))
     ratio = lambda k, ref=ref, r=r: f'{r[k] / ref[k]:.2f}' if ref else 'xla skipped'
-    lines.append(f"| {r['loss']} | {r['batch']} | {r['impl']} | {r['seconds']:.3f} | "
-                 f"{r['peak_gb']:.2f} | {ratio('seconds')} | {ratio('peak_gb')} |")
+    lines.append(f"{head} {1e3 * r['seconds']:.2f} | {r['peak_gb']:.2f} | {ratio('seconds')} | "
+                 f"{ratio('peak_gb')} |")
   return '\n'.join(lines)
 
 
@@ -105,8 +120,9 @@ def main():
   parser.add_argument('--dim', type=int, default=512)
   parser.add_argument('--losses', nargs='+', default=['clip'], choices=LOSSES)
   parser.add_argument('--impls', nargs='+', default=['xla', 'chunked', 'pallas'])
-  parser.add_argument('--dtype', default='float32')
-  parser.add_argument('--reps', type=int, default=3, help='timed runs (min is kept); 1 above 8k')
+  parser.add_argument('--dtype', nargs='+', default=['float32'], help='float32 and/or bfloat16')
+  parser.add_argument('--reps', type=int, default=3,
+                      help='timed runs (median on GPU; min, and 1 above 8k, on CPU)')
   parser.add_argument('--max_xla_gb', type=float, default=8.0)
   parser.add_argument('--max_interpret', type=int, default=4096,
                       help='largest B for Pallas in interpret mode (off GPU)')
@@ -133,10 +149,11 @@ def main():
           continue
         if impl == 'pallas' and not on_gpu and batch > args.max_interpret:
           continue
-        reps = args.reps if batch <= 8192 else 1
-        results.append(_subprocess(loss, batch, args.dim, impl, args.dtype, reps))
-        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-  print(table(results))
+        reps = args.reps if batch <= 8192 or on_gpu else 1
+        for dtype in args.dtype:
+          results.append(_subprocess(loss, batch, args.dim, impl, dtype, reps))
+          print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+  print(table(results, 'peak GPU GB' if on_gpu else 'peak RSS GB'))
 
 
 if __name__ == '__main__':

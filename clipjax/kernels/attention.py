@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from clipjax.kernels.pallas_losses import pow2_block
+from clipjax.kernels.pallas_losses import pow2_block, triton_params
 
 NEG = -1e30
 CHUNKED_BLOCK = 128
 PALLAS_BLOCK = 64
+NUM_WARPS = 4
+NUM_STAGES = 2
 
 
 def masked_attention(q, k, v, keep_mask=None, *, causal=False, implementation='auto', block=None):
@@ -253,7 +255,8 @@ def _attn_dkv_kernel(scale, bt, nq, causal, q_ref, k_ref, v_ref, keep_ref, do_re
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                        out_shape=out_shape, interpret=_interpret())(*args)
+                        out_shape=out_shape, interpret=_interpret(),
+                        compiler_params=triton_params(NUM_WARPS, NUM_STAGES))(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -7,7 +7,9 @@ save only the inputs and the O(B) statistics, and `_sweep_grad` recomputes each 
 Peak memory is O(B*D + block^2). Rows and columns are padded to the block and masked.
 
 The per-tile maths (`*_tile`, `*_grad_tile`) is shared with the Pallas kernels.
-Tile functions take (scalars, row blocks, col blocks, [row aux, col aux,] rid, cid) where
+Tile functions take (scalars, sims, [row aux, col aux,] rid, cid): sims are the tile's
+x_i.y_j products, one per (row, column) operand pair (the student's, then the teacher's
+for affinity), computed by the caller (Pallas accumulates them over feature chunks);
 rid / cid are (global ids, valid mask) of the tile's rows / columns.
 """
 import functools
@@ -17,6 +19,13 @@ import jax.numpy as jnp
 
 NEG = -1e30  # finite "-inf": a fully masked row gives garbage, never NaN, and is sliced off
 DEFAULT_BLOCK = 1024
+GPU_BLOCK = 8192  # H100: 0.87-0.94x the B x B XLA time at B = 16k (kernels/README.md)
+
+
+def default_block():
+  """Tile edge: large on GPU, where a tile is one big matmul and the scan steps are
+  launches; cache-sized on CPU."""
+  return GPU_BLOCK if jax.default_backend() == 'gpu' else DEFAULT_BLOCK
 
 
 def dot_t(a, b):
@@ -49,9 +58,14 @@ def valid(rid, cid):
 # ---------------------------------------------------------------- per-tile maths
 
 
-def contrastive_tile(scalars, rows, cols, rid, cid):
+def sims_of(rows, cols):
+  """The x.y tile of every (row, column) operand pair."""
+  return tuple(dot_t(r, c) for r, c in zip(rows, cols))
+
+
+def contrastive_tile(scalars, sims, rid, cid):
   """Row and column LSE of one tile of L = scale * x @ y.T."""
-  logits = jnp.where(valid(rid, cid), scalars[0] * dot_t(rows[0], cols[0]), NEG)
+  logits = jnp.where(valid(rid, cid), scalars[0] * sims[0], NEG)
   return (lse(logits, 1),), (lse(logits, 0),)
 
 
@@ -59,9 +73,9 @@ def contrastive_merge(acc, new):
   return (jnp.logaddexp(acc[0], new[0]),)
 
 
-def contrastive_grad_tile(scalars, rows, cols, raux, caux, rid, cid):
+def contrastive_grad_tile(scalars, sims, raux, caux, rid, cid):
   """dLoss/dL = gr_i softmax_row + gc_j softmax_col; extras: row sums of G * x.y."""
-  sim = dot_t(rows[0], cols[0])
+  sim = sims[0]
   logits = scalars[0] * sim
   (r, gr), (c, gc) = raux, caux
   g = gr[:, None] * jnp.exp(logits - r[:, None]) + gc[None, :] * jnp.exp(logits - c[None, :])
@@ -69,16 +83,16 @@ def contrastive_grad_tile(scalars, rows, cols, raux, caux, rid, cid):
   return g, (jnp.sum(g * sim, 1),)
 
 
-def _sigmoid_logits(scalars, rows, cols, rid, cid):
+def _sigmoid_logits(scalars, sims, rid, cid):
   """x.y, logits and labels z (+1 on the global diagonal, -1 elsewhere) of one tile."""
-  sim = dot_t(rows[0], cols[0])
+  sim = sims[0]
   z = jnp.where(rid[0][:, None] == cid[0][None, :], 1.0, -1.0)
   return sim, scalars[0] * sim + scalars[1], z
 
 
-def sigmoid_tile(scalars, rows, cols, rid, cid):
+def sigmoid_tile(scalars, sims, rid, cid):
   """Row and column sums of -log sigmoid(z * logits) over one tile."""
-  _, logits, z = _sigmoid_logits(scalars, rows, cols, rid, cid)
+  _, logits, z = _sigmoid_logits(scalars, sims, rid, cid)
   loss = jnp.where(valid(rid, cid), jax.nn.softplus(-z * logits), 0.0)
   return (jnp.sum(loss, 1),), (jnp.sum(loss, 0),)
 
@@ -87,26 +101,26 @@ def sum_merge(acc, new):
   return tuple(a + b for a, b in zip(acc, new))
 
 
-def sigmoid_grad_tile(scalars, rows, cols, raux, caux, rid, cid):
+def sigmoid_grad_tile(scalars, sims, raux, caux, rid, cid):
   """Cotangents per row (raux) and/or per column (caux); extras: row sums of G*x.y and G."""
-  sim, logits, z = _sigmoid_logits(scalars, rows, cols, rid, cid)
+  sim, logits, z = _sigmoid_logits(scalars, sims, rid, cid)
   cot = raux[0][:, None] + caux[0][None, :]
   g = jnp.where(valid(rid, cid), -z * jax.nn.sigmoid(-z * logits) * cot, 0.0)
   return g, (jnp.sum(g * sim, 1), jnp.sum(g, 1))
 
 
-def _affinity_logits(scalars, rows, cols, rid, cid):
+def _affinity_logits(scalars, sims, rid, cid):
   """x.y of the student, its logits (raw, masked) and the masked teacher logits."""
-  sim = dot_t(rows[0], cols[0])
+  sim = sims[0]
   ok = valid(rid, cid)
   student = scalars[0] * sim
-  teacher = jnp.where(ok, scalars[1] * dot_t(rows[1], cols[1]), NEG)
+  teacher = jnp.where(ok, scalars[1] * sims[1], NEG)
   return sim, student, jnp.where(ok, student, NEG), teacher
 
 
-def affinity_tile(scalars, rows, cols, rid, cid):
+def affinity_tile(scalars, sims, rid, cid):
   """(student LSE, teacher LSE, teacher-softmax-weighted student logit) per row and column."""
-  _, student, masked, teacher = _affinity_logits(scalars, rows, cols, rid, cid)
+  _, student, masked, teacher = _affinity_logits(scalars, sims, rid, cid)
 
   def stats(axis):
     t_lse = lse(teacher, axis)
@@ -120,9 +134,9 @@ def affinity_merge(acc, new):
   return (jnp.logaddexp(acc[0], new[0]),) + merge_weighted(acc[1:], new[1:])
 
 
-def affinity_grad_tile(scalars, rows, cols, raux, caux, rid, cid):
+def affinity_grad_tile(scalars, sims, raux, caux, rid, cid):
   """Student logit gradient: cotangents of (s_lse, w) per row and per column."""
-  sim, student, _, teacher = _affinity_logits(scalars, rows, cols, rid, cid)
+  sim, student, _, teacher = _affinity_logits(scalars, sims, rid, cid)
   (rs, rt, g_rs, g_rw), (cs, ct, g_cs, g_cw) = raux, caux
   g = (g_rs[:, None] * jnp.exp(student - rs[:, None])
        + g_rw[:, None] * jnp.exp(teacher - rt[:, None])
@@ -167,7 +181,7 @@ def like(refs, tree):
 def _sweep(tile_fn, merge_fn, init, rows, cols, n, m, block, row_offset=0):
   """Merged statistics of every tile: (row stats [n]..., col stats [m]...).
 
-  tile_fn(rows, cols, rid, cid) returns (row_stats, col_stats), tuples of [block]
+  tile_fn(sims, rid, cid) returns (row_stats, col_stats), tuples of [block]
   vectors; merge_fn(acc, new) combines two such tuples; init is its identity element.
   """
   br, bc = block_size(n, block), block_size(m, block)
@@ -183,7 +197,7 @@ def _sweep(tile_fn, merge_fn, init, rows, cols, n, m, block, row_offset=0):
 
     def inner(row_acc, ys):
       j, col_blk, col_acc_j = ys
-      row_new, col_new = tile_fn(row_blk, col_blk, rid, _ids(j, bc, m))
+      row_new, col_new = tile_fn(sims_of(row_blk, col_blk), rid, _ids(j, bc, m))
       return merge_fn(row_acc, row_new), merge_fn(col_acc_j, col_new)
 
     row_acc, col_acc = jax.lax.scan(inner, full((br,)), (jnp.arange(nbc), cols, col_acc))
@@ -216,7 +230,7 @@ def _sweep_grad(tile_fn, rows, cols, row_aux, col_aux, n, m, block, num_extras, 
     def inner(carry, ys):
       dx, extras = carry
       j, col_blk, caux, dy_j = ys
-      g, tile_extras = tile_fn(row_blk, col_blk, raux, caux, rid, _ids(j, bc, m))
+      g, tile_extras = tile_fn(sims_of(row_blk, col_blk), raux, caux, rid, _ids(j, bc, m))
       dx = dx + g @ col_blk[0].astype(jnp.float32)
       dy_j = dy_j + g.T @ row_blk[0].astype(jnp.float32)
       return (dx, tuple(a + jnp.sum(b) for a, b in zip(extras, tile_extras))), dy_j

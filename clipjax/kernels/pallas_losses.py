@@ -13,19 +13,44 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from clipjax.kernels import chunked as ck
 
-DEFAULT_BLOCK = 64
+# Defaults measured on an H100 (kernels/README.md, "Tile sizes").
+DEFAULT_BLOCK = (128, 64)  # (rows a program keeps, columns per loop step)
+D_CHUNK = 64  # feature slice of every tile product (shared-memory bound, see _chunk)
+GRAD_WIDTH = 256  # dx features per gradient program; None: all (see _grad_call)
+NUM_WARPS = 8
+NUM_STAGES = 3
 
 
 def _interpret():
   return jax.default_backend() != 'gpu'
 
 
+def default_block():
+  return DEFAULT_BLOCK
+
+
+def triton_params(num_warps=None, num_stages=None):
+  """Triton compiler parameters. Naming them also selects the Triton lowering: JAX's GPU
+  default for `pallas_call` is Mosaic GPU, which cannot lower these kernels."""
+  return pltriton.CompilerParams(num_warps=num_warps or NUM_WARPS,
+                                 num_stages=num_stages or NUM_STAGES)
+
+
 def pow2_block(n, block):
-  """The tile edge: `block`, or `n` rounded up to a power of two (>= 16, Triton's rules)."""
-  return min(block, max(16, 1 << (n - 1).bit_length()))
+  """The tile edge: `block`, or less for small `n`; a power of two >= 16 (Triton's `dot`
+  needs every operand edge >= 16, its tensors power-of-two sizes)."""
+  return max(16, min(block, 1 << (n - 1).bit_length()))
+
+
+def _tiles(n, m, block):
+  """(row edge, column edge) of a launch over n rows x m columns; `block` is an int or a
+  (rows, columns) pair, rows being the block a program keeps, columns the block it loops over."""
+  br, bc = block if isinstance(block, tuple) else (block, block)
+  return pow2_block(n, br), pow2_block(m, bc)
 
 
 def _pad(a, rows):
@@ -49,9 +74,36 @@ def _ids(i, block, n, offset):
   return offset + local, local < n
 
 
+def _chunk(width):
+  """Feature-chunk width: the x.y products are accumulated over slices of D this wide, so
+  a dot's operands (tile x chunk) fit Triton's shared memory even for D = 512 float32."""
+  return min(D_CHUNK, width)
+
+
+def _sims(row_refs, col_refs, j, br, bc):
+  """x.y tiles [br, bc] of column block j, one per (row, column) operand pair, summed over
+  feature chunks loaded from the refs (row chunks come from L2, not registers)."""
+  sims = []
+  for r, c in zip(row_refs, col_refs):
+    width = r.shape[-1]
+    bd = _chunk(width)
+
+    def body(k, acc, r=r, c=c, bd=bd):
+      f = pl.ds(pl.multiple_of(k * bd, bd), bd)
+      return acc + ck.dot_t(r[:, f], c[pl.ds(j * bc, bc), f])
+
+    sims.append(jax.lax.fori_loop(0, width // bd, body, jnp.zeros((br, bc), jnp.float32)))
+  return tuple(sims)
+
+
+def _scalars_and_offsets(scalars, offsets):
+  return (jnp.stack([jnp.asarray(s, jnp.float32) for s in scalars]),
+          jnp.stack([jnp.asarray(o, jnp.int32) for o in offsets]))
+
+
 def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, block):
   """Row statistics of every tile row: grid over row blocks, loop over column blocks."""
-  br, bc = pow2_block(n, block), pow2_block(m, block)
+  br, bc = _tiles(n, m, block)
   n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
   rows = [_pad(a, n_pad) for a in rows]
   cols = [_pad(a, m_pad) for a in cols]
@@ -63,11 +115,10 @@ def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, blo
     outs = refs[nr + nc + 2:]
     scal = tuple(scalar_ref[k] for k in range(len(scalars)))
     rid = _ids(pl.program_id(0), br, n, offset_ref[0])
-    row_blk = tuple(r[...] for r in row_refs)
 
     def body(j, acc):
-      col_blk = tuple(c[pl.ds(j * bc, bc), :] for c in col_refs)
-      row_new, _ = tile_fn(scal, row_blk, col_blk, rid, _ids(j, bc, m, offset_ref[1]))
+      sims = _sims(row_refs, col_refs, j, br, bc)
+      row_new, _ = tile_fn(scal, sims, rid, _ids(j, bc, m, offset_ref[1]))
       return merge_fn(acc, row_new)
 
     acc = jax.lax.fori_loop(0, m_pad // bc, body,
@@ -77,8 +128,7 @@ def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, blo
 
   row_spec = lambda a: pl.BlockSpec((br, a.shape[1]), lambda i: (i, 0))
   full = lambda a: pl.BlockSpec(a.shape, lambda i: (0,) * a.ndim)
-  scalar_arr = jnp.stack([jnp.asarray(s, jnp.float32) for s in scalars])
-  offset_arr = jnp.stack([jnp.asarray(o, jnp.int32) for o in offsets])
+  scalar_arr, offset_arr = _scalars_and_offsets(scalars, offsets)
   (rows, cols, scalar_arr, offset_arr), out = _operands(rows, cols, scalar_arr, offset_arr)
   outs = pl.pallas_call(
       kernel, grid=(n_pad // br,),
@@ -86,14 +136,19 @@ def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, blo
       + [full(scalar_arr), full(offset_arr)],
       out_specs=[pl.BlockSpec((br,), lambda i: (i,)) for _ in init],
       out_shape=[out((n_pad,)) for _ in init],
-      interpret=_interpret(), name='tiled_loss_stats',
+      interpret=_interpret(), compiler_params=triton_params(), name='tiled_loss_stats',
   )(*rows, *cols, scalar_arr, offset_arr)
   return tuple(o[:n] for o in outs)
 
 
 def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, block, num_extras):
-  """G @ y per row block (recomputing tiles) and per-row extras, summed to scalars."""
-  br, bc = pow2_block(n, block), pow2_block(m, block)
+  """G @ y per row block (recomputing tiles) and per-row extras, summed to scalars.
+
+  The grid is (row blocks, output slices of GRAD_WIDTH features): a program accumulates
+  its slice of dx as a few [br, chunk] register tiles. Slicing the output bounds the
+  registers held for large D, at the price of recomputing the tile's x.y per slice.
+  """
+  br, bc = _tiles(n, m, block)
   n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
   width_in = rows[0].shape[1]
   rows = [_pad(a, n_pad) for a in rows]
@@ -102,6 +157,9 @@ def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, bl
   col_aux = [_pad(a, m_pad) for a in col_aux]
   nr, nc, nra, nca = len(rows), len(cols), len(row_aux), len(col_aux)
   width = rows[0].shape[1]
+  bd = _chunk(width)
+  bo = max(bd, min(GRAD_WIDTH or width, width))
+  splits = width // bo
 
   def kernel(*refs):
     it = iter(refs)
@@ -113,43 +171,47 @@ def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, bl
     extra_refs = list(it)
     scal = tuple(scalar_ref[k] for k in range(len(scalars)))
     rid = _ids(pl.program_id(0), br, n, offset_ref[0])
-    row_blk = tuple(r[...] for r in row_refs)
+    first = pl.program_id(1) * bo
     raux = tuple(r[...] for r in raux_refs)
+    y = col_refs[0]
 
     def body(j, carry):
       dx, extras = carry
       sl = pl.ds(j * bc, bc)
-      col_blk = tuple(c[sl, :] for c in col_refs)
       caux = tuple(c[sl] for c in caux_refs)
-      g, new = tile_fn(scal, row_blk, col_blk, raux, caux, rid, _ids(j, bc, m, offset_ref[1]))
-      dx = dx + jnp.dot(g, col_blk[0].astype(jnp.float32), preferred_element_type=jnp.float32)
+      sims = _sims(row_refs, col_refs, j, br, bc)
+      g, new = tile_fn(scal, sims, raux, caux, rid, _ids(j, bc, m, offset_ref[1]))
+      g = g.astype(y.dtype)  # bf16 operands run the bf16 tensor cores (f32 accumulation)
+      dx = tuple(acc + jnp.dot(g, y[sl, pl.ds(pl.multiple_of(first + t * bd, bd), bd)],
+                               preferred_element_type=jnp.float32)
+                 for t, acc in enumerate(dx))
       return dx, tuple(a + b for a, b in zip(extras, new))
 
-    init = (jnp.zeros((br, width), jnp.float32),
+    init = (tuple(jnp.zeros((br, bd), jnp.float32) for _ in range(bo // bd)),
             tuple(jnp.zeros((br,), jnp.float32) for _ in range(num_extras)))
     dx, extras = jax.lax.fori_loop(0, m_pad // bc, body, init)
-    dx_ref[...] = dx
+    for t, acc in enumerate(dx):
+      dx_ref[:, pl.ds(t * bd, bd)] = acc
     for out, a in zip(extra_refs, extras):
       out[...] = a
 
-  row_spec = lambda a: (pl.BlockSpec((br,), lambda i: (i,)) if a.ndim == 1
-                        else pl.BlockSpec((br, a.shape[1]), lambda i: (i, 0)))
-  full = lambda a: pl.BlockSpec(a.shape, lambda i: (0,) * a.ndim)
-  scalar_arr = jnp.stack([jnp.asarray(s, jnp.float32) for s in scalars])
-  offset_arr = jnp.stack([jnp.asarray(o, jnp.int32) for o in offsets])
+  row_spec = lambda a: (pl.BlockSpec((br,), lambda i, s: (i,)) if a.ndim == 1
+                        else pl.BlockSpec((br, a.shape[1]), lambda i, s: (i, 0)))
+  full = lambda a: pl.BlockSpec(a.shape, lambda i, s: (0,) * a.ndim)
+  scalar_arr, offset_arr = _scalars_and_offsets(scalars, offsets)
   (rows, cols, row_aux, col_aux, scalar_arr, offset_arr), out = _operands(
       rows, cols, row_aux, col_aux, scalar_arr, offset_arr)
   dx, *extras = pl.pallas_call(
-      kernel, grid=(n_pad // br,),
+      kernel, grid=(n_pad // br, splits),
       in_specs=[row_spec(a) for a in rows] + [full(a) for a in cols]
       + [row_spec(a) for a in row_aux] + [full(a) for a in col_aux]
       + [full(scalar_arr), full(offset_arr)],
-      out_specs=[pl.BlockSpec((br, width), lambda i: (i, 0))]
-      + [pl.BlockSpec((br,), lambda i: (i,)) for _ in range(num_extras)],
-      out_shape=[out((n_pad, width))] + [out((n_pad,)) for _ in range(num_extras)],
-      interpret=_interpret(), name='tiled_loss_grad',
+      out_specs=[pl.BlockSpec((br, bo), lambda i, s: (i, s))]
+      + [pl.BlockSpec((None, br), lambda i, s: (s, i)) for _ in range(num_extras)],
+      out_shape=[out((n_pad, width))] + [out((splits, n_pad)) for _ in range(num_extras)],
+      interpret=_interpret(), compiler_params=triton_params(), name='tiled_loss_grad',
   )(*rows, *cols, *row_aux, *col_aux, scalar_arr, offset_arr)
-  return dx[:n, :width_in], tuple(jnp.sum(e[:n]) for e in extras)
+  return dx[:n, :width_in], tuple(jnp.sum(e[0, :n]) for e in extras)
 
 
 def _off(*offsets):
