@@ -37,6 +37,7 @@ def base_config() -> ConfigDict:
 
 def synthetic_data(train_num_samples: int) -> ConfigDict:
   return ConfigDict(dict(format='synthetic', train='', train_num_samples=train_num_samples,
+                         digit_fraction=0.0,
                          num_workers=0, augment=dict(scale=(0.9, 1.0)), shuffle_buffer=1000,
                          cycle_length=4, label_noise=0.0, caption_key='txt',
                          csv_img_key='filepath', csv_caption_key='title', csv_separator='',

@@ -106,3 +106,38 @@ def test_zeroshot_tasks():
   assert pairs <= shapes.HELDOUT_COMBOS
   again = shapes.zeroshot_tasks(image_size=32, num_samples=200, seed=1)
   np.testing.assert_array_equal(again['shapes_heldout_shape'].images, shape_task.images)
+
+
+def test_digit_samples_keep_the_scenes_and_name_their_digit():
+  plain = shapes.ShapesSource('train', num_samples=400)
+  mixed = shapes.ShapesSource('train', num_samples=400, digit_fraction=0.3)
+  digit_words = {str(d) for d in range(10)}
+  is_digit = []
+  for i in range(400):
+    record = mixed[i]
+    words = set(record['caption'].replace('"', ' ').replace(':', ' ').rstrip('.').split())
+    is_digit.append(bool(words & digit_words))
+    if not is_digit[-1]:  # The scene samples are the ones a plain source draws.
+      np.testing.assert_array_equal(record['image'], plain[i]['image'])
+      assert record['caption'] == plain[i]['caption']
+  assert 0.22 < np.mean(is_digit) < 0.38, np.mean(is_digit)
+  assert mixed.captions(400) == [mixed[i]['caption'] for i in range(400)]
+  np.testing.assert_array_equal(mixed[7]['image'],
+                                shapes.ShapesSource('train', 400, digit_fraction=0.3)[7]['image'])
+  with pytest.raises(ValueError, match='digit_fraction'):
+    shapes.ShapesSource('train', 10, digit_fraction=1.5)
+
+
+def test_drawn_digits_are_told_apart_by_nearest_template():
+  """Each rendered digit is closer (in pixels) to the mean image of its own class than
+  to any other class's: the renderer draws ten distinct, recognisable glyphs."""
+  rng = np.random.default_rng(0)
+  ink = {d: np.stack([shapes.glyphs.draw_digit(d, 32, rng) for _ in range(40)])
+         for d in range(10)}
+  means = np.stack([ink[d][:20].mean(0).ravel() for d in range(10)])
+  test = np.concatenate([ink[d][20:].reshape(20, -1) for d in range(10)])
+  labels = np.repeat(np.arange(10), 20)
+  nearest = np.argmin(((test[:, None] - means[None]) ** 2).sum(-1), axis=1)
+  assert (nearest == labels).mean() > 0.6, (nearest == labels).mean()
+  for d in range(10):
+    assert 0.03 < ink[d].mean() < 0.5 and ink[d].max() == 1.0

@@ -7,10 +7,17 @@ Scenes hold one to three objects, each a (shape, colour, size, position). The
 'heldout' split only uses the (shape, colour) pairs in `HELDOUT_COMBOS`, which the
 'train' split never draws: zero-shot accuracy on it measures composition of
 attributes seen separately in training, not memorised pairs.
+
+With `digit_fraction` > 0 that share of the training samples is instead one drawn digit
+(`clipjax.data.glyphs`) captioned with its number, so trained features also separate
+strokes (real handwritten digits: sklearn's, MNIST). Which indices are digits comes
+from its own random stream: the shape samples stay the same whatever the fraction.
 """
 import dataclasses
 
 import numpy as np
+
+from clipjax.data import glyphs
 
 SHAPES = ('circle', 'square', 'triangle', 'diamond', 'cross', 'ring')
 COLOURS = {  # No name starts with a vowel, so "a {}" reads right for every class.
@@ -52,7 +59,7 @@ HELDOUT_COMBOS = frozenset(
     for s in range(len(SHAPES)) for k in range(2))
 TRAIN_COMBOS = frozenset(
     (s, c) for s in SHAPES for c in COLOURS) - HELDOUT_COMBOS
-_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2}
+_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2, 'digit': 3}
 _NUMBER_WORDS = {2: 'two', 3: 'three'}
 
 
@@ -111,12 +118,16 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
   raise ValueError(f'Unknown shape {shape!r}; known: {SHAPES}')
 
 
+def _background(s: int, rng: np.random.Generator) -> np.ndarray:
+  base = rng.integers(15, 60)
+  noise = rng.integers(-6, 7, size=(s, s, 1))
+  return np.clip(base + noise, 0, 255).astype(np.int16).repeat(3, axis=-1)
+
+
 def draw_scene(objects, image_size: int, rng: np.random.Generator) -> np.ndarray:
   """uint8 [S, S, 3]: a dark, slightly noisy background with the objects painted in order."""
   s = image_size
-  base = rng.integers(15, 60)
-  noise = rng.integers(-6, 7, size=(s, s, 1))
-  image = np.clip(base + noise, 0, 255).astype(np.int16).repeat(3, axis=-1)
+  image = _background(s, rng)
   grid = np.arange(s, dtype=np.float32) + 0.5
   for obj in objects:
     fx, fy = _CENTRES[obj.position]
@@ -164,17 +175,45 @@ def caption_scene(objects, rng: np.random.Generator) -> str:
   return listed
 
 
+def draw_digit(digit: int, colour: str, image_size: int, rng: np.random.Generator) -> np.ndarray:
+  """uint8 [S, S, 3]: one digit in `colour` ink on the scenes' background."""
+  background = _background(image_size, rng).astype(np.float32)
+  ink = glyphs.draw_digit(digit, image_size, rng)[..., None]
+  colour = np.asarray(COLOURS[colour], np.float32) + rng.integers(-12, 13, size=3)
+  return np.clip(np.round(background * (1 - ink) + colour * ink), 0, 255).astype(np.uint8)
+
+
+def caption_digit(digit: int, colour: str, rng: np.random.Generator) -> str:
+  """Names the digit as a numeral (as MNIST-style prompts do), sometimes with its colour.
+
+  Numerals only, so the text tower need not first learn that "seven" is "7"."""
+  style = rng.integers(6)
+  if style == 0:
+    return f'a {colour} {digit}' if rng.random() < 0.5 else f'the {colour} number {digit}'
+  return ('the digit {}', 'the number {}', 'a handwritten {}', 'a photo of the number: "{}".',
+          'a {}')[style - 1].format(digit)
+
+
+def sample_digit(rng: np.random.Generator) -> tuple:
+  """(digit, ink colour): white ink half the time, as on paper scans."""
+  colour = 'white' if rng.random() < 0.5 else COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
+  return int(rng.integers(10)), colour
+
+
 class ShapesSource:
   """grain RandomAccessDataSource of {'image', 'caption', 'index'} records."""
 
   def __init__(self, split: str = 'train', num_samples: int = 10_000,
-               image_size: int = 32, seed: int = 0):
+               image_size: int = 32, seed: int = 0, digit_fraction: float = 0.0):
     if split not in ('train', 'heldout'):
       raise ValueError(f"ShapesSource split must be 'train' or 'heldout', got {split!r}")
     if num_samples <= 0 or image_size < 8:
       raise ValueError(f'ShapesSource needs num_samples > 0 and image_size >= 8, got '
                        f'num_samples={num_samples}, image_size={image_size}')
+    if not 0.0 <= digit_fraction <= 1.0:
+      raise ValueError(f'ShapesSource digit_fraction must be in [0, 1], got {digit_fraction}')
     self.split, self.num_samples = split, int(num_samples)
+    self.digit_fraction = float(digit_fraction)
     self.image_size, self.seed = int(image_size), int(seed)
     self.combos = TRAIN_COMBOS if split == 'train' else HELDOUT_COMBOS
 
@@ -190,25 +229,43 @@ class ShapesSource:
   def scene(self, index: int) -> list:
     return sample_scene(_rng(self.seed, self.split, self._check(index)), self.combos)
 
+  def _digit_rng(self, index: int):
+    """The random stream of a digit sample, or None where `index` holds a scene."""
+    if self.digit_fraction == 0.0:
+      return None
+    rng = _rng(self.seed, 'digit', index + _SPLIT_IDS[self.split] * self.num_samples)
+    return rng if rng.random() < self.digit_fraction else None
+
   def __getitem__(self, index: int) -> dict:
     index = self._check(index)
-    rng = _rng(self.seed, self.split, index)
-    objects = sample_scene(rng, self.combos)
-    caption = caption_scene(objects, rng)
-    image = draw_scene(objects, self.image_size, rng)
+    rng = self._digit_rng(index)
+    if rng is not None:
+      digit, colour = sample_digit(rng)
+      caption = caption_digit(digit, colour, rng)
+      image = draw_digit(digit, colour, self.image_size, rng)
+    else:
+      rng = _rng(self.seed, self.split, index)
+      objects = sample_scene(rng, self.combos)
+      caption = caption_scene(objects, rng)
+      image = draw_scene(objects, self.image_size, rng)
     return {'image': image, 'caption': caption, 'index': np.int64(index)}
 
   def captions(self, num: int | None = None) -> list:
     """Captions of the first `num` samples without drawing images (tokenizer training)."""
     out = []
     for index in range(min(num or self.num_samples, self.num_samples)):
-      rng = _rng(self.seed, self.split, index)
-      out.append(caption_scene(sample_scene(rng, self.combos), rng))
+      rng = self._digit_rng(index)
+      if rng is not None:
+        out.append(caption_digit(*sample_digit(rng), rng))
+      else:
+        rng = _rng(self.seed, self.split, index)
+        out.append(caption_scene(sample_scene(rng, self.combos), rng))
     return out
 
   def __repr__(self) -> str:
     return (f'ShapesSource(split={self.split!r}, num_samples={self.num_samples}, '
-            f'image_size={self.image_size}, seed={self.seed})')
+            f'image_size={self.image_size}, seed={self.seed}, '
+            f'digit_fraction={self.digit_fraction})')
 
 
 SHAPE_TEMPLATES = ['a {}', 'an image showing a {}', 'a picture of a {}', 'there is a {}']
