@@ -1,12 +1,13 @@
 """Pallas kernels for the tiled loss statistics (same API and maths as `chunked`).
 
 Layout follows jax's Pallas GPU flash attention: the grid runs over row blocks, each
-program keeps its row block in registers and `fori_loop`s over column blocks of the
-(HBM-resident) column embeddings, merging tile statistics online. Programs never write
-to a shared output, so column statistics come from a second launch with rows and
-columns swapped (L.T = scale * y @ x.T), and the backward pass is two launches too
+program `fori_loop`s over column blocks of the (HBM-resident) column embeddings,
+accumulating every x.y tile over feature chunks, and merges tile statistics online.
+Programs never write to a shared output, so column statistics come from a second launch
+with rows and columns swapped (L.T = scale * y @ x.T), and the backward pass is two launches too
 (dx over row blocks, dy over column blocks), each recomputing its tiles from the saved
-O(B) statistics. Off GPU the kernels run in interpret mode (tests, CPU).
+O(B) statistics. Off GPU the kernels run in interpret mode (tests, CPU). On an H100
+they are slower than `chunked` (kernels/README.md), which is why 'auto' does not pick them.
 """
 import functools
 
