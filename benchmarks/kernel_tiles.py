@@ -146,8 +146,8 @@ def main():
   lines = []
   if args.what == 'losses':
     from benchmarks.losses import _inputs  # pylint: disable=g-import-not-at-top
-    lines += ['| loss | B | dtype | variant | fwd+bwd ms | time / baseline | grad err vs baseline |',
-              '|---|---|---|---|---|---|---|']
+    lines += ['| loss | B | dtype | variant | fwd+bwd ms | time / baseline '
+              '| grad err vs baseline |', '|---|---|---|---|---|---|---|']
     for loss in args.losses:
       for batch in args.sizes:
         for dtype in args.dtype:
