@@ -233,7 +233,12 @@ def test_two_processes_train_like_eight_devices_and_resume_on_four(tmp_path):
   finish(single(4, tmp_path / 'one', '--config.mode=eval'))
   finish(multi)
   evals = [json.loads((tmp_path / d / 'eval.json').read_text()) for d in ('multi', 'one')]
-  assert evals[0] == evals[1] and 'shapes_shape/zeroshot_top1' in evals[0]
+  # The linear probe's regularisation search turns float-rounding differences of the
+  # features (8 vs 4 devices encode them) into another C: 1e-6 of noise on the digits
+  # features of a random init moved its top-1 from 0.830 to 0.839. Compare the rest exactly.
+  exact = [{k: v for k, v in e.items() if '/linear_probe_' not in k} for e in evals]
+  assert exact[0] == exact[1] and 'shapes_shape/zeroshot_top1' in exact[0]
+  assert 'digits_probe/linear_probe_top1' in evals[0].keys() & evals[1].keys()
 
 
 def _start_and_wait_for_training(tmp_path, **env):

@@ -1,37 +1,58 @@
-"""The README's quickstart learns: zero-shot on held-out attribute combinations beats chance."""
+"""The README's quickstart learns: zero-shot on held-out attribute combinations and on real
+handwritten digits beats chance, and its features beat its random init on linear probes."""
+import contextlib
+import io
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from clipjax import evaluate
 from clipjax.config_base import load_config
 from clipjax.data import shapes
-from clipjax.train.loop import train
+from clipjax.train.loop import Trainer, train
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / 'configs/quickstart.py')
 
 
 @pytest.mark.slow
-def test_quickstart_clip_learns_in_minutes(tmp_path):
-  t0 = time.time()
-  results = train(load_config(QUICKSTART), tmp_path)
-  minutes = (time.time() - t0) / 60
+def test_quickstart_clip_learns(tmp_path):
+  trainer = Trainer(load_config(QUICKSTART), tmp_path)
+  with contextlib.redirect_stderr(io.StringIO()):  # progress bar
+    results = trainer.train()
   colour_chance, shape_chance = 1 / len(shapes.COLOUR_NAMES), 1 / len(shapes.SHAPES)
   assert results['shapes_colour/zeroshot_top1'] > 4 * colour_chance, results
   assert results['shapes_shape/zeroshot_top1'] > 2.5 * shape_chance, results
-  assert minutes < 5, f'quickstart took {minutes:.1f} min'
+  assert results['digits/zeroshot_top1'] > 2.5 * 0.1, results  # sklearn's digits, never seen
   losses = [json.loads(l)['loss'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert losses[-1] < 0.5 * losses[0]
   assert (tmp_path / 'training_curves.png').stat().st_size > 10_000
+
+  # Linear probes, trained vs its own random init: sklearn's digits (all 1,797, the
+  # configured evaluator) and held-out shape/colour combinations (the tower must encode
+  # shape to separate them). Measured, seeds 0/1/2: digits 0.862/0.862/0.863 vs random
+  # 0.830/0.807/0.813.
+  shape_probe = evaluate.build_evaluators({'shape': dict(
+      type='linear_probe', dataset='shapes_heldout_shape', num_samples=300)})
+  random_init = trainer.initial_state()
+  random_digits = trainer.evaluate(random_init)[0]['digits_probe/linear_probe_top1']
+  assert results['digits_probe/linear_probe_top1'] > random_digits + 0.01, (results, random_digits)
+  top1 = {}
+  for name, params in (('random', random_init.params), ('trained', trainer.state.params)):
+    encoder = evaluate.Encoder(trainer.model, params, trainer.tokenizer,
+                               context_length=trainer.config.model.context_length,
+                               image_size=trainer.config.model.image_size)
+    top1[name] = evaluate.run_evaluators(shape_probe, encoder)['shape/linear_probe_top1']
+  assert top1['trained'] > top1['random'] + 0.05, top1
 
 
 @pytest.mark.slow
 def test_quickstart_siglip_learns(tmp_path):
   config = load_config(QUICKSTART + ':siglip')
-  config.total_steps = 150
+  config.total_steps = 300
   config.evals = {'colour': dict(type='zeroshot', dataset='shapes_heldout_colour', num_samples=300)}
   results = train(config, tmp_path)
   losses = [json.loads(l)['loss'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert losses[-1] < 0.75 * losses[0], losses  # the first logged loss is after 25 steps
+  # Measured: 4.85 at step 25, 3.31-3.49 over the last three logs; colour 0.90.
+  assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
   assert results['colour/zeroshot_top1'] > 3 / len(shapes.COLOUR_NAMES), results

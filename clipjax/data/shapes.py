@@ -195,7 +195,7 @@ def caption_digit(digit: int, colour: str, rng: np.random.Generator) -> str:
 
 
 def sample_digit(rng: np.random.Generator) -> tuple:
-  """(digit, ink colour): white ink half the time, as on paper scans."""
+  """(digit, ink colour): white half the time, as digit sets store ink as intensity."""
   colour = 'white' if rng.random() < 0.5 else COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
   return int(rng.integers(10)), colour
 
