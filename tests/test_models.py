@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipjax.models import MODELS, build_clip
+from clipjax.models import build_clip
 
 
 def tiny(**kw):
