@@ -12,9 +12,9 @@ def get_config(method: str = 'clip') -> ConfigDict:
   c = common.base_config()
   c.method = method
   # Measured, training seeds 0/1/2 (chance: shape 0.167, colour 0.125, digits 0.1): held-out
-  # zero-shot shape 0.85/0.86/0.89, colour 0.99/0.97/0.96; sklearn digits zero-shot
-  # 0.50/0.48/0.45, linear probe 0.862/0.862/0.863 (random init 0.830/0.807/0.813).
-  # 500 steps are too few to learn the digits (probe 0.78, below the random init).
+  # zero-shot shape 0.83/0.86/0.89, colour 0.99/0.97/0.96; sklearn digits zero-shot
+  # 0.47/0.48/0.45, linear probe 0.859/0.862/0.863 (random init 0.830/0.807/0.813).
+  # 500 steps are too few to learn the digits (30% digits: probe 0.78, below random init).
   c.total_steps = 2000
   c.batch_size = 64
   c.log_every = 25
