@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipjax.data import make_shards, pipeline, sources
+from clipjax.data import make_shards, pipeline, shapes, sources
 from clipjax.data.tokenizer import Tokenizer
 
 
@@ -229,12 +229,15 @@ def test_shards_split_across_processes_and_workers(tmp_path):
 def test_array_record_and_csv_sources(tmp_path):
   pattern = make_shards.main(['--out', str(tmp_path / 'ar'), '--synthetic', '20',
                               '--image-size', '24', '--shard-size', '8', '--format',
-                              'array_record'])
+                              'array_record', '--digit-fraction', '0.5'])
   source = pipeline.make_source({'format': 'array_record', 'train': pattern})
   assert len(source) == 20
   rec = source[13]
   assert rec['image'].shape == (24, 24, 3) and rec['index'] == 13
   assert rec['caption'] == json.loads(source.raw(13)['json'])['caption']
+  # The shards hold the synthetic source's samples, digits included.
+  synthetic = shapes.ShapesSource('train', 20, 24, digit_fraction=0.5)
+  assert [source[i]['caption'] for i in range(20)] == synthetic.captions(20)
 
   folder = tmp_path / 'imgs'
   folder.mkdir()

@@ -2,7 +2,8 @@
 
   python -m clipjax.data.make_shards --out data/shards --images photos/ \\
       --captions captions.csv [--img-key filepath --caption-key title]
-  python -m clipjax.data.make_shards --out data/shapes --synthetic 10000 --image-size 64
+  python -m clipjax.data.make_shards --out data/shapes --synthetic 10000 --image-size 64 \\
+      [--digit-fraction 0.4]   # the quickstart's mix of shapes and drawn digits
 
 Each sample becomes KEY.jpg|png|webp (original bytes, not re-encoded), KEY.txt and
 KEY.json ({'key', 'caption', 'source'}). Without --captions, an image's caption is
@@ -63,9 +64,10 @@ def folder_members(images: str, pairs):
                                            'source': path})}
 
 
-def synthetic_members(num: int, image_size: int, seed: int, image_format: str):
+def synthetic_members(num: int, image_size: int, seed: int, image_format: str,
+                      digit_fraction: float = 0.0):
   from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
-  source = shapes.ShapesSource('train', num, image_size, seed)
+  source = shapes.ShapesSource('train', num, image_size, seed, digit_fraction=digit_fraction)
   for i in range(num):
     record = source[i]
     buf = io.BytesIO()
@@ -111,6 +113,8 @@ def main(argv=None) -> str:
   parser.add_argument('--caption-key', default='title')
   parser.add_argument('--synthetic', type=int, help='write N synthetic shapes instead')
   parser.add_argument('--image-size', type=int, default=64)
+  parser.add_argument('--digit-fraction', type=float, default=0.0,
+                      help='with --synthetic: share of samples that are drawn digits')
   parser.add_argument('--image-format', default='jpg', choices=['jpg', 'png', 'webp'])
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--shard-size', type=int, default=1000)
@@ -119,7 +123,8 @@ def main(argv=None) -> str:
   if bool(args.images) == bool(args.synthetic):
     parser.error('give exactly one of --images or --synthetic')
   if args.synthetic:
-    members = synthetic_members(args.synthetic, args.image_size, args.seed, args.image_format)
+    members = synthetic_members(args.synthetic, args.image_size, args.seed, args.image_format,
+                                args.digit_fraction)
     total = args.synthetic
   else:
     pairs = folder_samples(args.images, args.captions, args.img_key, args.caption_key)
