@@ -7,6 +7,7 @@ on random ones (the random features keep every pixel). Digits drawn with a varie
 the captions something stroke-level to name.
 """
 import numpy as np
+from PIL import Image
 
 def _arc(cx, cy, rx, ry, start, stop, num=14):
   """Points of an elliptic arc; angles in degrees, 0 = right, 90 = down (image y)."""
@@ -76,6 +77,5 @@ def draw_digit(digit: int, image_size: int, rng: np.random.Generator) -> np.ndar
   d = _distance_to_segments(pixels, segments).reshape(render, render)
   ink = np.clip(width - d + 0.5, 0.0, 1.0)
   if render != s:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     ink = np.asarray(Image.fromarray(ink.astype(np.float32)).resize((s, s), Image.BILINEAR))
   return ink.astype(np.float32)
