@@ -9,6 +9,7 @@ the captions something stroke-level to name.
 import numpy as np
 from PIL import Image
 
+
 def _arc(cx, cy, rx, ry, start, stop, num=14):
   """Points of an elliptic arc; angles in degrees, 0 = right, 90 = down (image y)."""
   a = np.deg2rad(np.linspace(start, stop, num))

@@ -236,31 +236,27 @@ class ShapesSource:
     rng = _rng(self.seed, 'digit', index + _SPLIT_IDS[self.split] * self.num_samples)
     return rng if rng.random() < self.digit_fraction else None
 
-  def __getitem__(self, index: int) -> dict:
-    index = self._check(index)
+  def _sample(self, index: int) -> tuple:
+    """(caption, draw): the caption now, the image only when `draw()` is called, from
+    the same random stream (captions for the tokenizer need no images)."""
     rng = self._digit_rng(index)
     if rng is not None:
       digit, colour = sample_digit(rng)
-      caption = caption_digit(digit, colour, rng)
-      image = draw_digit(digit, colour, self.image_size, rng)
-    else:
-      rng = _rng(self.seed, self.split, index)
-      objects = sample_scene(rng, self.combos)
-      caption = caption_scene(objects, rng)
-      image = draw_scene(objects, self.image_size, rng)
-    return {'image': image, 'caption': caption, 'index': np.int64(index)}
+      return (caption_digit(digit, colour, rng),
+              lambda: draw_digit(digit, colour, self.image_size, rng))
+    rng = _rng(self.seed, self.split, index)
+    objects = sample_scene(rng, self.combos)
+    return caption_scene(objects, rng), lambda: draw_scene(objects, self.image_size, rng)
+
+  def __getitem__(self, index: int) -> dict:
+    index = self._check(index)
+    caption, draw = self._sample(index)
+    return {'image': draw(), 'caption': caption, 'index': np.int64(index)}
 
   def captions(self, num: int | None = None) -> list:
     """Captions of the first `num` samples without drawing images (tokenizer training)."""
-    out = []
-    for index in range(min(num or self.num_samples, self.num_samples)):
-      rng = self._digit_rng(index)
-      if rng is not None:
-        out.append(caption_digit(*sample_digit(rng), rng))
-      else:
-        rng = _rng(self.seed, self.split, index)
-        out.append(caption_scene(sample_scene(rng, self.combos), rng))
-    return out
+    return [self._sample(index)[0] for index in range(min(num or self.num_samples,
+                                                          self.num_samples))]
 
   def __repr__(self) -> str:
     return (f'ShapesSource(split={self.split!r}, num_samples={self.num_samples}, '

@@ -67,8 +67,9 @@ class Method:
 
   def restructure(self, params, aux) -> tuple:
     """After `restructure_step` steps, outside jit: host params and the device aux in,
-    (params, aux, config updates) out (aux entries kept as they are stay on device). The loop rebuilds model, optimizer (fresh state) and step from the updated
-    config and goes on; TinyCLIP prunes its student here."""
+    (params, aux, config updates) out (aux entries kept as they are stay on device). The
+    loop rebuilds model, optimizer (fresh state) and step from the updated config and goes
+    on; TinyCLIP prunes its student here."""
     raise NotImplementedError(f'{type(self).__name__} sets restructure_step but no restructure')
 
   def embed(self, params, batch, rng) -> dict:
