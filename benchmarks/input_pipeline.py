@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clipjax.data import pipeline, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from clipjax.data import pipeline, sources, transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from clipjax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -77,17 +77,15 @@ def main(argv=None):
         'decode_full': rate(sources.decode_image, jpegs),
         'decode_draft': rate(lambda d: sources.decode_image(d, draft_size=size), jpegs),
     }
-    pre = pipeline.Preprocess(tok, 77, size, {'scale': (0.9, 1.0)}, pipeline.transforms.CLIP_MEAN,
-                              pipeline.transforms.CLIP_STD,
-                              decoder=sources.RecordDecoder(draft_size=size))
+    transform = transforms.ImageText(tok, 77, size, augment={'scale': (0.9, 1.0)})
+    pre = pipeline.Apply(transform, decoder=sources.RecordDecoder(draft_size=size))
     rng = np.random.default_rng(0)
     results['sample'] = rate(lambda r: pre(r, rng), raws)
     source = pipeline.make_source({'format': 'wds', 'train': pattern}, image_size=size)
     steps = max(2, args.num_images // args.batch_size)
     for workers in args.workers:
       loader = pipeline.make_train_loader(
-          source, tokenizer=tok, context_length=77, image_size=size,
-          global_batch_size=args.batch_size, seed=0, augment={'scale': (0.9, 1.0)},
+          source, transform, global_batch_size=args.batch_size, seed=0,
           worker_count=workers, shuffle_buffer=256)
       next(loader)  # workers started, buffers warm
       start = time.perf_counter()

@@ -21,16 +21,19 @@ def base_config() -> ConfigDict:
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
   c.tokenizer = ConfigDict(dict(path='', vocab_size=4096, train_captions=5000))
+  # rules: ordered per-parameter policies (frozen, lr, schedule, decay, ascent, clip), e.g.
+  # [dict(match='textual/.*', frozen=True)] for a LiT-style frozen text tower
+  # (clipjax/train/optimizer.py).
   c.optim = ConfigDict(dict(lr=5e-4, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.98,
-                            eps=1e-6, weight_decay=0.2, grad_clip=1.0, frozen='', no_decay='',
-                            constant_lr=[]))
+                            eps=1e-6, weight_decay=0.2, grad_clip=1.0, rules=()))
   c.evals = ConfigDict()
   # Towers from pretrained checkpoints (any format clipjax.convert reads), e.g.
   # [dict(target='visual', src='ckpts/hf-clip', subtree='visual')].
   c.init_from = []
-  # Chained runs (clipjax/train/stages.py): one dict of dotted overrides per stage; each
-  # stage gets the previous one's final model as `previous_stage`.
+  # Stages of one run (clipjax/train/stages.py): one dict of dotted overrides per stage;
+  # each starts from the model the previous one ended with.
   c.stages = []
+  # A native model folder (e.g. DIR/export) this run starts from (Method.prepare).
   c.previous_stage = ''
   return c
 

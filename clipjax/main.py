@@ -1,8 +1,10 @@
 """`python -m clipjax.main --config configs/NAME.py[:arg] --workdir DIR [--config.key=value ...]`.
 
 `--config.mode=train` (default) trains or resumes; `--config.mode=eval` evaluates the latest
-checkpoint in the workdir and writes `eval.json`. A config with `stages` trains the chain
-of runs in DIR/stage_1, DIR/stage_2, ... (clipjax/train/stages.py).
+checkpoint in the workdir and writes `eval.json`; `--config.mode=export` writes the latest
+checkpoint's model, spec and tokenizer to DIR/export (what `clipjax.convert` and TinyCLIP
+teachers read). A config with `stages` trains them one after the other in the same run,
+exporting each stage's model to DIR/stage_<i> (clipjax/train/stages.py).
 """
 import logging
 
@@ -27,20 +29,21 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
   logging.getLogger('clipjax').setLevel(logging.INFO)
-  from clipjax.train import distributed, loop, stages
+  from clipjax.train import distributed, loop
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
-  if config.mode not in ('train', 'eval'):
-    raise app.UsageError(f'config.mode must be "train" or "eval", got {config.mode!r}')
-  if config.get('stages') and config.mode == 'eval':
-    raise app.UsageError('config.mode=eval evaluates one run: point --workdir at a stage '
-                         '(DIR/stage_N) and use that stage\'s config')
-  if config.get('stages'):
-    results = stages.run(config, _WORKDIR.value)
-  elif config.mode == 'train':
-    results = loop.Trainer(config, _WORKDIR.value).train()
+  if config.mode not in ('train', 'eval', 'export'):
+    raise app.UsageError(f'config.mode must be "train", "eval" or "export", got {config.mode!r}')
+  trainer = loop.Trainer(config, _WORKDIR.value)
+  if config.mode == 'export':
+    folder = trainer.export_checkpoint()
+    logging.getLogger('clipjax').info('Exported step %d to %s',
+                                      trainer.checkpointer.latest_step(), folder)
+    return
+  if config.mode == 'train':
+    results = trainer.train()
   else:
-    results = loop.Trainer(config, _WORKDIR.value).evaluate_checkpoint()
+    results = trainer.evaluate_checkpoint()
   if jax.process_index() == 0:
     logging.getLogger('clipjax').info('Final: %s', ', '.join(f'{k}={v:.4g}' for k, v in sorted(results.items())))
 

@@ -2,15 +2,19 @@
 
 Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`); config rules map
 them to the mesh axes `data`, `fsdp`, `tensor` (MaxText style). The batch is split over
-`data` x `fsdp`.
+`data` x `fsdp`. Activations carry names too (`batch`, `length`, `act_embed`: `constrain`
+inside `with_rules`): without them the partitioner copies a weight's fsdp split onto the
+activations and every device holds the whole batch.
 """
+import contextvars
+import functools
 import logging
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
@@ -22,6 +26,8 @@ BATCH_AXES = ('data', 'fsdp')
 # MLP hidden units, attention heads and the vocabulary.
 DEFAULT_RULES = (
     ('batch', BATCH_AXES),
+    ('length', None),
+    ('act_embed', None),
     ('embed', 'fsdp'),
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
@@ -83,9 +89,40 @@ def fit_to_shape(s: NamedSharding, shape) -> NamedSharding:
   return s if fitted == spec else NamedSharding(s.mesh, P(*fitted))
 
 
+_ACTIVATIONS = contextvars.ContextVar('clipjax_activation_rules', default=None)
+
+
+def with_rules(fn, mesh: Mesh, rules: Sequence):
+  """`fn` tracing with the mesh and the logical rules in effect for `constrain`, so the
+  models' activation constraints apply inside `jax.jit`. (Flax's own rules context also
+  constrains the parameter initialisers it shape-checks during `apply`.)"""
+  rules = rules_from_config(rules)
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    token = _ACTIVATIONS.set((mesh, rules))
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _ACTIVATIONS.reset(token)
+  return wrapped
+
+
+def constrain(x, names: Sequence):
+  """`x` constrained to the mesh axes its logical `names` map to; a no-op outside
+  `with_rules` (single-device use, evaluation of a bare model)."""
+  context = _ACTIVATIONS.get()
+  if context is None:
+    return x
+  mesh, rules = context
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(names), rules)))
+
+
 def logical_to_sharding(logical_tree, mesh: Mesh, rules: Sequence) -> object:
   """Boxed (nn.Partitioned) abstract variables -> tree of NamedSharding (`fit_to_shape`);
-  logs which parameters lost a sharded dimension that way (they cost more memory)."""
+  unboxed leaves are replicated. Logs which parameters lost a sharded dimension that way
+  (they cost more memory)."""
   specs = nn.get_partition_spec(logical_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
   fitted = jax.tree_util.tree_map(lambda s, x: fit_to_shape(s, x.shape), shardings,
@@ -140,3 +177,10 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def fetch(tree):
+  """Host numpy copy of a (possibly sharded over several processes) tree, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

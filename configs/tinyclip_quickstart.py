@@ -1,15 +1,16 @@
 """TinyCLIP on CPU: distil a quickstart CLIP into a narrower student.
 
 1. Train the teacher (the quickstart recipe on shapes alone, run to 1000 steps: held-out
-   shape 0.72, colour 1.0) and export it as a native folder (params + spec + tokenizer):
+   shape 0.72, colour 1.0) and export it as a native folder (params + spec + tokenizer,
+   written to runs/quickstart/export):
      python -m clipjax.main --config configs/quickstart.py --workdir runs/quickstart \
          --config.total_steps=1000 --config.data.digit_fraction=0
-     python -c "from clipjax.methods.teacher import export_run; \
-                export_run('runs/quickstart', 'runs/quickstart/teacher')"
+     python -m clipjax.main --config configs/quickstart.py --workdir runs/quickstart \
+         --config.mode=export
 2. Distil (manual inheritance + affinity mimicking):
      python -m clipjax.main --config configs/tinyclip_quickstart.py --workdir runs/tinyclip
    Arguments after ':' are `teacher_folder[,inherit]`, e.g.
-     --config configs/tinyclip_quickstart.py:runs/quickstart/teacher,none   (random init)
+     --config configs/tinyclip_quickstart.py:runs/quickstart/export,none   (random init)
 
 The student keeps the teacher's tokenizer (its vocabulary and end-of-text id must match).
 """
@@ -20,7 +21,7 @@ from ml_collections import ConfigDict
 from clipjax.config_base import load_config
 
 
-def get_config(arg: str = 'runs/quickstart/teacher') -> ConfigDict:
+def get_config(arg: str = 'runs/quickstart/export') -> ConfigDict:
   teacher, _, inherit = arg.partition(',')
   c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'quickstart.py'),
                   'tinyclip')

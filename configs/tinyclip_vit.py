@@ -6,11 +6,11 @@
 Recipes (student towers; head width 64; teacher ViT-B/32 laion2b_e16 for the /32 models):
   vit61m32  ViT 640 wide x 12 + text 512 x 9   (stage 1, inherits from the teacher)
   vit40m32  ViT 512 wide x 12 + text 512 x 6   (stage 2, inherits from stage 1's student:
-            export it with clipjax.methods.teacher.export_run and set tinyclip.inherit_from)
+            `--config.mode=export` of the vit61m32 run writes it to runs/vit61m32/export)
   vit39m16  ViT/16 512 wide x 12 + text 512 x 6, YFCC-15M
   vit8m16   ViT/16 256 wide x 10 + text 256 x 3 (4 heads), YFCC-15M
-  auto      automatic inheritance, three chained stages (`config.stages`, run in
-            DIR/stage_{1,2,3}): ViT-B/32 with L0 masks, sparsity 0->25%, 25->50%,
+  auto      automatic inheritance, three stages of one run (`config.stages`, each
+            stage's student exported to DIR/stage_{1,2,3}): ViT-B/32 with L0 masks, sparsity 0->25%, 25->50%,
             50->75%, pruned at steps 3000 / 5000 / 8000 (model warm-up = prune_step,
             cosine after it, fresh optimizer at the prune); each stage starts from the
             previous one's pruned student put back into the masked ViT-B/32. Official
@@ -32,7 +32,7 @@ RECIPES = {
                      teacher='ckpts/ViT-B-32-laion2b_e16', data='laion400m'),
     'vit40m32': dict(model='ViT-B/32', vision=dict(width=512, heads=8), text=dict(layers=6),
                      teacher='ckpts/ViT-B-32-laion2b_e16', data='laion400m',
-                     inherit_from='runs/vit61m32/student'),
+                     inherit_from='runs/vit61m32/export'),
     'vit39m16': dict(model='ViT-B/16', vision=dict(width=512, heads=8), text=dict(layers=6),
                      teacher='ckpts/ViT-B-16-yfcc15m', data='yfcc15m'),
     'vit8m16': dict(model='ViT-B/16', vision=dict(width=256, heads=4, layers=10),
@@ -71,10 +71,9 @@ def get_config(recipe: str = 'vit61m32') -> ConfigDict:
       inherit_from=r.get('inherit_from', ''), logit_scale=50.0, distill_weight=1.0,
       infonce_weight=0.0))
   if recipe == 'auto':
-    c.optim.update(dict(no_decay='l0/.*', constant_lr=[['l0/.*', L0_LR]]))
     c.stages = [{'optim.warmup_steps': prune_step, 'tinyclip.auto': dict(
-        start_sparsity=start, target_sparsity=target, sparsity_warmup=1000, prune_step=prune_step)}
-                for start, target, prune_step in AUTO_STAGES]
+        start_sparsity=start, target_sparsity=target, sparsity_warmup=1000, prune_step=prune_step,
+        lr=L0_LR)} for start, target, prune_step in AUTO_STAGES]
     c.tinyclip.auto = dict(c.stages[0]['tinyclip.auto'])
   c.evals = ConfigDict(dict(imagenet=dict(type='zeroshot', dataset='imagenet2012',
                                           data_dir='data/tfds', split='validation',

@@ -12,6 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from clipjax import convert
+from clipjax.data.tokenizer import Tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ['--config.batch_size=16', '--config.data.train_num_samples=2000',
          '--config.tokenizer.train_captions=300', '--config.eval_every=0',
@@ -127,3 +130,17 @@ def test_relative_workdir_as_in_the_readme(tmp_path):
                         env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT)))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / 'runs/quickstart/checkpoints/5').is_dir()
+
+
+def test_export_mode_writes_the_checkpoint_model(tmp_path):
+  run(tmp_path, '--config.total_steps=5')
+  proc = run(tmp_path, '--config.total_steps=5', '--config.mode=export')
+  assert f'Exported step 5 to {tmp_path / "export"}' in proc.stderr
+  model, params, tokenizer = convert.load_clip(str(tmp_path / 'export'))
+  text = ['a red circle above a blue square']
+  np.testing.assert_array_equal(tokenizer(text, 24),
+                                Tokenizer.load(tmp_path / 'tokenizer.json')(text, 24))
+  want = final_params(tmp_path, 5)['params']
+  for a, b in zip(jax_leaves(params), jax_leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  assert model.text['context_length'] == 24

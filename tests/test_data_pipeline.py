@@ -12,11 +12,10 @@ SOURCE = shapes.ShapesSource('train', N, 32, seed=0)
 TOK = Tokenizer.train(SOURCE.captions(), vocab_size=512)
 
 
-def loader(batch=16, seed=0, augment=None, **kw):
-  kw.setdefault('extra_keys', ('index',))
+def loader(batch=16, seed=0, augment=None, extra_keys=('index',), **kw):
   return pipeline.make_train_loader(
-      SOURCE, tokenizer=TOK, context_length=24, image_size=32, global_batch_size=batch,
-      seed=seed, augment=augment, **kw)
+      SOURCE, transforms.ImageText(TOK, 24, 32, augment=augment, extra_keys=extra_keys),
+      global_batch_size=batch, seed=seed, **kw)
 
 
 def take(it, n):
@@ -121,8 +120,8 @@ class _FlakySource:
 
 def test_bad_samples_are_skipped_and_counted():
   it = pipeline.make_train_loader(
-      _FlakySource(), tokenizer=TOK, context_length=24, image_size=32,
-      global_batch_size=19, seed=0, extra_keys=('index',))
+      _FlakySource(), transforms.ImageText(TOK, 24, 32, extra_keys=('index',)),
+      global_batch_size=19, seed=0)
   batches = take(it, 4)  # 76 good samples == one epoch of 96 minus 20 bad ones
   idx = np.concatenate([b['index'] for b in batches])
   assert sorted(idx) == [i for i in range(N) if i % 5]
@@ -130,8 +129,8 @@ def test_bad_samples_are_skipped_and_counted():
                           'data/skipped/empty_caption': 10}
   state = it.get_state()
   resumed = pipeline.make_train_loader(
-      _FlakySource(), tokenizer=TOK, context_length=24, image_size=32,
-      global_batch_size=19, seed=0, extra_keys=('index',))
+      _FlakySource(), transforms.ImageText(TOK, 24, 32, extra_keys=('index',)),
+      global_batch_size=19, seed=0)
   resumed.set_state(json.loads(json.dumps(state)))
   assert resumed.metrics() == it.metrics()
   assert_same(take(resumed, 2), take(it, 2))
@@ -140,12 +139,12 @@ def test_bad_samples_are_skipped_and_counted():
 def test_random_resized_crop_box_respects_scale_and_ratio():
   rng = np.random.default_rng(0)
   for _ in range(200):
-    x0, y0, x1, y1 = pipeline.random_resized_crop_box(60, 80, rng, (0.3, 0.6), (0.5, 2.0))
+    x0, y0, x1, y1 = transforms.random_resized_crop_box(60, 80, rng, (0.3, 0.6), (0.5, 2.0))
     w, h = x1 - x0, y1 - y0
     assert 0 <= x0 and x1 <= 80 and 0 <= y0 and y1 <= 60
     assert 0.28 <= w * h / 4800 <= 0.62 and 0.45 <= w / h <= 2.1
   # Impossible request falls back to the central crop with the closest ratio.
-  assert pipeline.random_resized_crop_box(10, 100, rng, (1.0, 1.0), (1.0, 1.0)) == (45, 0, 55, 10)
+  assert transforms.random_resized_crop_box(10, 100, rng, (1.0, 1.0), (1.0, 1.0)) == (45, 0, 55, 10)
 
 
 def test_make_source():

@@ -15,7 +15,7 @@ from clipjax.data import make_shards
 
 READER = r'''
 import json, os, sys, time
-from clipjax.data import pipeline
+from clipjax.data import pipeline, transforms
 from clipjax.data.tokenizer import Tokenizer
 
 def main():
@@ -23,9 +23,9 @@ def main():
   source = pipeline.make_source({'format': 'wds', 'train': pattern,
                                  'extra_columns': {'sid': 'json.index:int'}}, image_size=16)
   loader = pipeline.make_train_loader(
-      source, tokenizer=Tokenizer.train(['a red circle'], 300), context_length=8,
-      image_size=16, global_batch_size=8, seed=3, augment={'scale': (0.5, 1.0)},
-      worker_count=2, cycle_length=2, shuffle_buffer=10, extra_keys=('sid',))
+      source, transforms.ImageText(Tokenizer.train(['a red circle'], 300), 8, 16,
+                                   augment={'scale': (0.5, 1.0)}, extra_keys=('sid',)),
+      global_batch_size=8, seed=3, worker_count=2, cycle_length=2, shuffle_buffer=10)
   done = 0
   if resume != '-':
     lines = open(resume).read().splitlines()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipjax.data import make_shards, pipeline, shapes, sources
+from clipjax.data import make_shards, pipeline, shapes, sources, transforms
 from clipjax.data.tokenizer import Tokenizer
 
 
@@ -195,8 +195,8 @@ def test_loader_skips_and_counts_exactly_the_corrupted_samples(corrupt_shards):
   # Shards read one after another, unshuffled within: one epoch plus the first sample
   # of the next (always good) reads every bad sample of the epoch exactly once.
   loader = pipeline.make_train_loader(
-      source, tokenizer=_tokenizer(), context_length=16, image_size=32, global_batch_size=4,
-      seed=0, augment={}, cycle_length=1, shuffle_buffer=1)
+      source, transforms.ImageText(_tokenizer(), 16, 32, augment={}), global_batch_size=4,
+      seed=0, cycle_length=1, shuffle_buffer=1)
   assert (good_per_epoch + 1) % 4 == 0
   for _ in range((good_per_epoch + 1) // 4):
     batch = next(loader)
@@ -215,9 +215,9 @@ def test_shards_split_across_processes_and_workers(tmp_path):
   seen = []
   for p in range(2):
     loader = pipeline.make_train_loader(
-        source, tokenizer=tok, context_length=16, image_size=32, global_batch_size=16,
-        seed=0, process_index=p, process_count=2, worker_count=2, cycle_length=2,
-        shuffle_buffer=12, **pipeline.loader_kwargs({'extra_columns': config['extra_columns']}))
+        source, transforms.ImageText(tok, 16, 32, extra_keys=config['extra_columns']),
+        global_batch_size=16, seed=0, process_index=p, process_count=2, worker_count=2,
+        cycle_length=2, shuffle_buffer=12)
     batches = [next(loader) for _ in range(6)]  # 48 samples: this process's epoch
     loader.close()
     assert batches[0]['sid'].dtype == np.int64
@@ -261,8 +261,8 @@ def test_array_record_and_csv_sources(tmp_path):
     pipeline.make_source({'format': 'csv', 'train': str(tmp_path / 'nope.csv')})
   # Second caption is tokenized as text.
   loader = pipeline.make_train_loader(
-      csv_source, tokenizer=_tokenizer(), context_length=12, image_size=32,
-      global_batch_size=3, seed=0, extra_keys=('caption2',))
+      csv_source, transforms.ImageText(_tokenizer(), 12, 32, extra_keys=('caption2',)),
+      global_batch_size=3, seed=0)
   batch = next(loader)
   assert batch['caption2'].shape == (3, 12) and batch['caption2'].dtype == np.int32
 
@@ -310,8 +310,8 @@ def test_extra_columns_from_shards(tmp_path):
   source = pipeline.make_source({'format': 'wds', 'train': path, 'extra_columns': extra})
   tok = _tokenizer()
   loader = pipeline.make_train_loader(
-      source, tokenizer=tok, context_length=10, image_size=16, global_batch_size=4, seed=0,
-      shuffle_buffer=4, **pipeline.loader_kwargs({'extra_columns': extra}))
+      source, transforms.ImageText(tok, 10, 16, extra_keys=extra), global_batch_size=4, seed=0,
+      shuffle_buffer=4)
   batch = next(loader)
   order = batch['sid'] - 100
   assert sorted(order) == [0, 1, 2, 3] and batch['sid'].dtype == np.int64

@@ -38,7 +38,7 @@ def tiny():
 @pytest.fixture(scope='module')
 def encoder(tiny):
   model, params = tiny
-  return ev.Encoder(model, params, word_tokenizer, context_length=CONTEXT,
+  return ev.Encoder(ev.EvalView.of(model, params), word_tokenizer, context_length=CONTEXT,
                     image_size=IMAGE_SIZE, batch_size=32)
 
 
@@ -252,11 +252,11 @@ def test_encoder_matches_model_and_compiles_once(tiny, encoder):
   other = model.init(jax.random.PRNGKey(1), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)),
                      jnp.zeros((1, CONTEXT), jnp.int32))['params']
   try:
-    encoder.params = other  # a later training state: new numbers, same compiled program
+    encoder.variables = {'params': other}  # a later state: new numbers, same compiled program
     assert np.abs(encoder.encode_images(images[:5]) - got[:5]).max() > 1e-2
     assert encoder._encode_image._cache_size() == 1  # pylint: disable=protected-access
   finally:
-    encoder.params = params
+    encoder.variables = {'params': params}
 
 
 # ---------------------------------------------------------------- linear probe

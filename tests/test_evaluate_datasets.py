@@ -171,7 +171,7 @@ def test_encoder_with_sharded_params_matches_single_device(python_subprocess):
   out = python_subprocess('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from clipjax.evaluate import Encoder
+    from clipjax.evaluate import Encoder, EvalView
     from clipjax.models import build_clip
     model = build_clip('tiny', vocab_size=64, context_length=8, eot_token_id=2)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
@@ -179,7 +179,7 @@ def test_encoder_with_sharded_params_matches_single_device(python_subprocess):
     tok = lambda texts, L: np.tile(np.arange(L, dtype=np.int32) % 5, (len(texts), 1)) + np.arange(len(texts))[:, None].astype(np.int32) % 7
     images = np.random.default_rng(0).integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)
     texts = [str(i) for i in range(13)]
-    ref = Encoder(model, params, tok, context_length=8, image_size=32, batch_size=16)
+    ref = Encoder(EvalView.of(model, params), tok, context_length=8, image_size=32, batch_size=16)
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ('data', 'model'))
     def shard(x):
       x = jax.numpy.asarray(x)
@@ -187,12 +187,12 @@ def test_encoder_with_sharded_params_matches_single_device(python_subprocess):
       return jax.device_put(x, NamedSharding(mesh, spec))
     sharded = jax.tree.map(shard, jax.tree.map(lambda x: getattr(x, 'value', x), params,
                            is_leaf=lambda x: hasattr(x, 'value')))
-    enc = Encoder(model, sharded, tok, context_length=8, image_size=32, batch_size=16,
-                  batch_sharding=NamedSharding(mesh, P('data')))
+    enc = Encoder(EvalView.of(model, sharded), tok, context_length=8, image_size=32,
+                  batch_size=16, batch_sharding=NamedSharding(mesh, P('data')))
     np.testing.assert_allclose(enc.encode_images(images), ref.encode_images(images), atol=1e-5)
     np.testing.assert_allclose(enc.encode_texts(texts), ref.encode_texts(texts), atol=1e-5)
     batch = jax.device_put(images[:16], NamedSharding(mesh, P('data')))
-    assert enc._encode_image(sharded, batch).sharding.is_fully_replicated  # readable on every host
+    assert enc._encode_image({'params': sharded}, batch).sharding.is_fully_replicated  # every host reads it
     print('devices', len(jax.devices()))
   ''', devices=8)
   assert 'devices 8' in out

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipjax.data import pipeline, shapes
+from clipjax.data import pipeline, shapes, transforms
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.train import distributed
 
@@ -93,9 +93,10 @@ TOK = Tokenizer.train(SOURCE.captions(), vocab_size=300)
 
 def loader(process_index=0, process_count=1, **kw):
   return pipeline.make_train_loader(
-      SOURCE, tokenizer=TOK, context_length=16, image_size=32, global_batch_size=16, seed=0,
-      augment={'scale': (0.5, 1.0)}, process_index=process_index, process_count=process_count,
-      extra_keys=('index',), **kw)
+      SOURCE, transforms.ImageText(TOK, 16, 32, augment={'scale': (0.5, 1.0)},
+                                   extra_keys=('index',)),
+      global_batch_size=16, seed=0, process_index=process_index, process_count=process_count,
+      **kw)
 
 
 def global_batches(loaders, n):

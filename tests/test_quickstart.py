@@ -38,8 +38,8 @@ def test_quickstart_clip_learns(tmp_path):
   random_digits = trainer.evaluate(random_init)[0]['digits_probe/linear_probe_top1']
   assert results['digits_probe/linear_probe_top1'] > random_digits + 0.01, (results, random_digits)
   top1 = {}
-  for name, params in (('random', random_init.params), ('trained', trainer.state.params)):
-    encoder = evaluate.Encoder(trainer.model, params, trainer.tokenizer,
+  for name, state in (('random', random_init), ('trained', trainer.state)):
+    encoder = evaluate.Encoder(trainer.method.eval_view(state), trainer.tokenizer,
                                context_length=trainer.config.model.context_length,
                                image_size=trainer.config.model.image_size)
     top1[name] = evaluate.run_evaluators(shape_probe, encoder)['shape/linear_probe_top1']

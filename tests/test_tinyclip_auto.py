@@ -11,7 +11,7 @@ from clipjax import sharding
 from clipjax.convert import native
 from clipjax.methods import l0
 from clipjax.train import stages
-from clipjax.train.loop import Trainer
+from clipjax.train.loop import RESTRUCTURE_FILE, Trainer
 from tests.test_tinyclip import run_steps, student_config
 from tests.test_train import tiny_config
 
@@ -35,12 +35,10 @@ def auto_config(teacher, **overrides):
   """Teacher-sized student inheriting the teacher, masks learning fast (lr 0.5) so that a
   few steps prune something."""
   c = student_config(teacher, **{
-      'model.vision': TOWER, 'model.text': TOWER,
-      'optim.warmup_steps': PRUNE_STEP, 'optim.no_decay': 'l0/.*',
-      'optim.constant_lr': [['l0/.*', 0.5]], 'total_steps': 9, 'checkpoint_every': 3,
-      'log_every': 1, **overrides})
+      'model.vision': TOWER, 'model.text': TOWER, 'optim.warmup_steps': PRUNE_STEP,
+      'total_steps': 9, 'checkpoint_every': 3, 'log_every': 1, **overrides})
   c.tinyclip.auto = dict(start_sparsity=0.0, target_sparsity=0.5, sparsity_warmup=3,
-                         prune_step=PRUNE_STEP)
+                         prune_step=PRUNE_STEP, lr=0.5)
   return c
 
 
@@ -64,13 +62,18 @@ def test_prune_keeps_the_evaluated_outputs_and_training_goes_on(teacher_dir, tmp
   batch = sharding.global_batch(next(trainer.make_loader()), trainer.mesh)
   params = jax.device_get(masked.params)
   # What the evaluators see in the mask phase: the deterministic masks the prune will apply.
-  view, view_params = trainer.method.eval_view(masked.params)
-  want = {t: view.apply({'params': view_params}, batch[k], method=m) for t, _, k, m in TOWERS}
+  view = trainer.method.eval_view(masked)
+  want = {t: (view.encode_image if k == 'image' else view.encode_text)(view.variables, batch[k])
+          for t, _, k, _ in TOWERS}
+  exported_model, exported = trainer.method.export(masked)  # what a prune now would leave
 
-  dense = trainer.restructure(masked)
+  [hook] = trainer.method.hooks()
+  assert hook.due(PRUNE_STEP) and not hook.due(PRUNE_STEP - 1)
+  dense = hook.fn(trainer.hook_context, masked)
   assert 'l0' not in dense.params and int(dense.step) == PRUNE_STEP
-  record = json.loads((tmp_path / 'restructure.json').read_text())
+  [record] = json.loads((tmp_path / RESTRUCTURE_FILE).read_text())
   assert record['step'] == PRUNE_STEP and record['config']['tinyclip'] == {'auto': {}}
+  assert leaves_equal(dense.params, exported) and exported_model == trainer.model
   for tower, s, key, method in TOWERS:
     sizes = l0.pruned_sizes(dense.params, tower)
     assert sizes == record['config']['model'][s]
@@ -83,7 +86,7 @@ def test_prune_keeps_the_evaluated_outputs_and_training_goes_on(teacher_dir, tmp
   after, metrics = run_steps(trainer, 4, state=dense)
   print('distill loss after the prune:', [round(m['distill_loss'], 4) for m in metrics])
   assert all(np.isfinite(m['loss']) and m['loss'] == m['distill_loss'] for m in metrics)
-  assert metrics[0]['learning_rate'] == pytest.approx(trainer.lr_schedule(PRUNE_STEP))
+  assert metrics[0]['learning_rate'] == pytest.approx(trainer.learning_rate(PRUNE_STEP))
   assert not leaves_equal(after.params, before)
 
 
@@ -99,7 +102,7 @@ def test_resume_on_either_side_of_the_prune_is_exact(teacher_dir, tmp_path):
       if ckpt.name.isdigit() and int(ckpt.name) > keep:
         shutil.rmtree(ckpt)
     resumed = Trainer(config, run)
-    assert resumed.restructured_at == (PRUNE_STEP if keep > PRUNE_STEP else None)
+    assert bool(resumed.config.tinyclip.auto) == (keep < PRUNE_STEP)  # the model it restores
     resumed.train()
     assert leaves_equal(resumed.state.params, full.state.params), keep
     assert logged(run) == logged(tmp_path / 'full'), keep
@@ -108,35 +111,39 @@ def test_resume_on_either_side_of_the_prune_is_exact(teacher_dir, tmp_path):
 @pytest.mark.slow
 def test_stages_chain_pruned_students_and_resume_mid_chain(teacher_dir, tmp_path):
   """25% then 50%: stage 2 starts from the full masked model holding stage 1's student
-  (computing it exactly), prunes further, and a chain cut inside stage 2 resumes exactly."""
+  (computing it exactly), prunes further, and a run cut inside stage 2 resumes exactly."""
   config = auto_config(teacher_dir, total_steps=6)
   auto = lambda start, target: {'tinyclip.auto': dict(
-      start_sparsity=start, target_sparsity=target, sparsity_warmup=2, prune_step=3)}
+      start_sparsity=start, target_sparsity=target, sparsity_warmup=2, prune_step=3, lr=0.5)}
   config.stages = [auto(0.0, 0.25), auto(0.25, 0.5)]
-  stages.run(config, tmp_path / 'chain')
-  first, second = (native.load_native(str(tmp_path / f'chain/stage_{i}/final')) for i in (1, 2))
+  Trainer(config, tmp_path / 'chain').train()
+  first, second = (native.load_native(str(tmp_path / f'chain/stage_{i}')) for i in (1, 2))
   count = lambda params: sum(l0.prunable_count(params, t) for t, *_ in TOWERS)
   teacher = native.load_native(teacher_dir)[1]
   print('prunable params: teacher', count(teacher), 'stage 1', count(first[1]),
         'stage 2', count(second[1]))
   assert count(second[1]) < count(first[1]) < count(teacher)
+  records = json.loads((tmp_path / 'chain' / RESTRUCTURE_FILE).read_text())
+  assert [r['step'] for r in records] == [3, 9]  # each stage's prune, 3 steps into it
 
   stage2 = stages.stage_configs(config)[1]
-  stage2.previous_stage = str(tmp_path / 'chain/stage_1/final')
-  start = jax.device_get(Trainer(stage2, tmp_path / 'probe').initial_state().params)
-  masks = l0.deterministic_masks(start['l0']['masks'])
+  stage2.previous_stage = str(tmp_path / 'chain/stage_1')
+  probe = Trainer(stage2, tmp_path / 'probe')
+  params = jax.device_get(probe.initial_state().variables()['params'])
+  masks = l0.deterministic_masks(params.pop('l0')['masks'])
   batch = dict(np.load(f'{teacher_dir}/batch.npz'))
-  model, params = first
-  for tower, s, key, method in TOWERS:
-    want = model.apply({'params': params}, batch[key], method=method)
-    got = l0.encode(start, getattr(model, s), tower, batch[key], masks[tower])
+  model, student = first
+  for tower, _, key, method in TOWERS:
+    want = model.apply({'params': student}, batch[key], method=method)
+    got = probe.model.apply({'params': params}, batch[key], masks=masks[tower], method=method)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
   cut = tmp_path / 'cut'
   shutil.copytree(tmp_path / 'chain', cut)
-  shutil.rmtree(cut / 'stage_2/final')
-  for ckpt in (cut / 'stage_2/checkpoints').iterdir():
-    if ckpt.name.isdigit() and int(ckpt.name) > 3:
+  shutil.rmtree(cut / 'stage_2')
+  for ckpt in (cut / 'checkpoints').iterdir():
+    if ckpt.name.isdigit() and int(ckpt.name) > 9:
       shutil.rmtree(ckpt)
-  stages.run(config, cut)
-  assert leaves_equal(native.load_native(str(cut / 'stage_2/final'))[1], second[1])
+  Trainer(config, cut).train()
+  assert leaves_equal(native.load_native(str(cut / 'stage_2'))[1], second[1])
+  assert logged(cut) == logged(tmp_path / 'chain')

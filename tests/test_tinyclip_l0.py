@@ -1,4 +1,4 @@
-"""TinyCLIP automatic inheritance: masked forward, fold-and-prune, the sparsity Lagrangian."""
+"""TinyCLIP automatic inheritance: masked towers, fold-and-prune, the sparsity Lagrangian."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +26,13 @@ def tiny():
   return model, params, {'visual': images, 'textual': ids}
 
 
-def spec(model, tower):
-  return model.vision if tower == 'visual' else model.text
+def encode(model, params, tower, inputs, masks=None):
+  """The real tower under structured masks, at the sizes `params` have (pruned or not)."""
+  sizes = {'vision' if t == 'visual' else 'text': l0.pruned_sizes(params, t) for t in TOWERS}
+  model = model.clone(vision=dict(model.vision, **sizes['vision']),
+                      text=dict(model.text, **sizes['text']))
+  method = 'encode_image' if tower == 'visual' else 'encode_text'
+  return model.apply({'params': params}, inputs[tower], masks=masks, method=method)
 
 
 def random_logas(params, seed):
@@ -42,7 +47,7 @@ def test_unit_masks_equal_the_model(tiny):
     ones = jax.tree_util.tree_map(jnp.ones_like, l0.init_logas(l0.tower_dims(params, tower)))
     want = model.apply({'params': params}, inputs[tower], method=method)
     for masks in (None, ones):
-      got = l0.encode(params, spec(model, tower), tower, inputs[tower], masks)
+      got = encode(model, params, tower, inputs, masks)
       np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
 
 
@@ -68,8 +73,8 @@ def test_pruned_dense_model_equals_masked_model(tiny):
   masks = l0.deterministic_masks(random_logas(params, 1))
   pruned = l0.prune(params, masks)
   for tower in TOWERS:
-    got = l0.encode(pruned, spec(model, tower), tower, inputs[tower])
-    want = l0.encode(params, spec(model, tower), tower, inputs[tower], masks[tower])
+    got = encode(model, pruned, tower, inputs)
+    want = encode(model, params, tower, inputs, masks[tower])
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
     assert l0.prunable_count(pruned, tower) < l0.prunable_count(params, tower)
     kept = int(np.sum(masks[tower]['hidden'] > 0))
@@ -93,7 +98,7 @@ def test_pruned_student_is_a_clip_model(tiny):
   assert jax.tree_util.tree_map(np.shape, abstract) == jax.tree_util.tree_map(np.shape, pruned)
   for tower, method in zip(TOWERS, ('encode_image', 'encode_text')):
     got = student.apply({'params': pruned}, inputs[tower], method=method)
-    want = l0.encode(params, spec(model, tower), tower, inputs[tower], masks[tower])
+    want = encode(model, params, tower, inputs, masks[tower])
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
 
 
@@ -116,10 +121,11 @@ def test_lagrangian_reaches_target_and_prune_matches_it(target):
   @jax.jit
   def step(state, opt, i):
     def loss(s):
-      lam = jax.tree_util.tree_map(l0.ascent, s['lambdas'])
       expected = l0.expected_sparsity(s['masks'], dims)
-      return 0.5 * expected + l0.lagrangian(expected, l0.target_sparsity(i, 0.0, target, 100), lam)
+      return 0.5 * expected + l0.lagrangian(expected, l0.target_sparsity(i, 0.0, target, 100),
+                                            s['lambdas'])
     g = jax.grad(loss)(state)
+    g = dict(g, lambdas=jax.tree_util.tree_map(jnp.negative, g['lambdas']))  # ascent
     updates, opt = tx.update(g, opt)
     state = optax.apply_updates(state, updates)
     return dict(state, masks=l0.clamp(state['masks'])), opt
@@ -145,7 +151,7 @@ def test_next_stage_expands_pruned_student_into_masked_full_model(tiny):
   for tower in TOWERS:
     assert jax.tree_util.tree_structure(full[tower]) == jax.tree_util.tree_structure(params[tower])
     hard = jax.tree_util.tree_map(lambda a: (a > 0).astype(np.float32), logas[tower])
-    want = l0.encode(pruned, spec(model, tower), tower, inputs[tower])
+    want = encode(model, pruned, tower, inputs)
     for masks in (hard, l0.deterministic_masks({tower: logas[tower]})[tower]):
-      got = l0.encode(full, spec(model, tower), tower, inputs[tower], masks)
+      got = encode(model, full, tower, inputs, masks)
       np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

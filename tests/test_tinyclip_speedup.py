@@ -12,7 +12,6 @@ import pytest
 
 from clipjax.config_base import load_config
 from clipjax.evaluate import report
-from clipjax.methods.teacher import export_run
 from clipjax.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +48,10 @@ def test_inherited_student_reaches_teacher_first(tmp_path):
   config.data.digit_fraction = 0.0  # as configs/tinyclip_quickstart.py's students
   config.evals = {k: config.evals[k] for k in ('shapes_shape', 'shapes_colour')}
   config = schedule(config, TEACHER_STEPS, TEACHER_STEPS)
-  result = Trainer(config, tmp_path / 'teacher').train()
+  trainer = Trainer(config, tmp_path / 'teacher')
+  result = trainer.train()
   teacher = {k: result[k] for k in KEYS}
-  folder = export_run(str(tmp_path / 'teacher'), str(tmp_path / 'teacher_export'))
+  folder = str(trainer.export_checkpoint(tmp_path / 'teacher_export'))
   steps = {}
   for name, (method, inherit, lr) in STUDENTS.items():
     config = load_config(str(ROOT / 'configs/tinyclip_quickstart.py'), f'{folder},{inherit}')

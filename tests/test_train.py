@@ -43,16 +43,25 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
     np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+FROZEN_TEXT = [dict(match='textual/.*', frozen=True)]
+
+
 def test_loss_decreases_and_frozen_tower_stays_put(tmp_path):
-  c = tiny_config(**{'optim.frozen': 'textual/.*'})
+  c = tiny_config(**{'optim.rules': FROZEN_TEXT})
   trainer = Trainer(c, tmp_path)
   init = jax.device_get(trainer.initial_state())
+  assert set(init.frozen) == {'textual'} and 'textual' not in init.params
   state, losses = run_steps(trainer, 25)
   assert losses[-1] < losses[0] - 0.3, losses
   for name in ('textual', 'visual'):
-    same = [np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(init.params[name]),
-                                                   jax.tree_util.tree_leaves(state.params[name]))]
+    before, after = (s.variables()['params'][name] for s in (init, state))
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                   jax.tree_util.tree_leaves(after))]
     assert all(same) if name == 'textual' else not any(same)
+  # No optimizer state for frozen parameters: Adam's two moments per trainable leaf only.
+  moments = [x for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0]
+  assert len(moments) == 2 * len([x for x in jax.tree_util.tree_leaves(state.params)
+                                  if np.ndim(x) > 0])
 
 
 def test_no_weight_decay_on_vectors(tmp_path):

@@ -4,8 +4,9 @@
   sources      WebDataset tar shards, ArrayRecord, CSV/TSV, TFDS readers; decoding and
                bad-sample detection
   tokenizer    HF `tokenizers` BPE trained on captions, or any local tokenizer.json
-  pipeline     make_source(data_config), make_train_loader(...) -> TrainLoader with exact
-               resume state and data/skipped counts
+  pipeline     make_source(data_config), make_train_loader(source, transform, ...) ->
+               TrainLoader with exact resume state and data/skipped counts
   make_shards  `python -m clipjax.data.make_shards`: write tar shards or ArrayRecord files
-  transforms   normalisation and the evaluation resize-centre-crop
+  transforms   crops and normalisation; per-record transforms methods hand to the pipeline
+               (`ImageText`: crop, normalise, tokenize)
 """

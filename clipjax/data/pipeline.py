@@ -14,100 +14,35 @@ an uninterrupted one would, with or without worker processes. Samples marked bad
 import collections
 import json
 import logging
-import math
 
 from absl import flags
 import grain
 import numpy as np
-from PIL import Image
 
-from clipjax.data import sources, transforms
+from clipjax.data import sources
 from clipjax.data.sources import SKIP_KEY
 
 log = logging.getLogger(__name__)
 
 _COUNTS_KEY = '_skipped'
-DEFAULT_AUGMENT = {'scale': (0.9, 1.0), 'ratio': (3 / 4, 4 / 3)}
 
 
-def random_resized_crop_box(height, width, rng, scale, ratio):
-  """torchvision's RandomResizedCrop box (x0, y0, x1, y1): area fraction in `scale`,
-  log-uniform aspect ratio in `ratio`; falls back to the central crop."""
-  area = height * width
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-  for _ in range(10):
-    target = area * rng.uniform(scale[0], scale[1])
-    aspect = math.exp(rng.uniform(*log_ratio))
-    w = int(round(math.sqrt(target * aspect)))
-    h = int(round(math.sqrt(target / aspect)))
-    if 0 < w <= width and 0 < h <= height:
-      y0 = int(rng.integers(0, height - h + 1))
-      x0 = int(rng.integers(0, width - w + 1))
-      return x0, y0, x0 + w, y0 + h
-  in_ratio = width / height
-  if in_ratio < ratio[0]:
-    w, h = width, int(round(width / ratio[0]))
-  elif in_ratio > ratio[1]:
-    w, h = int(round(height * ratio[1])), height
-  else:
-    w, h = width, height
-  x0, y0 = (width - w) // 2, (height - h) // 2
-  return x0, y0, x0 + w, y0 + h
+class Apply:
+  """The method's record transform (clipjax.data.transforms) run inside grain, after
+  decoding (streamed sources); skip markers and `BadSample` become skipped records."""
 
-
-def random_resized_crop(image, size: int, rng, scale=DEFAULT_AUGMENT['scale'],
-                        ratio=DEFAULT_AUGMENT['ratio']) -> np.ndarray:
-  """uint8 [H, W, 3] or RGB PIL image -> uint8 [size, size, 3] (bicubic), CLIP's
-  training crop."""
-  if isinstance(image, np.ndarray):
-    image = Image.fromarray(image)
-  box = random_resized_crop_box(image.height, image.width, rng, scale, ratio)
-  return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)
-
-
-def _to_size(image, size: int) -> np.ndarray:
-  if isinstance(image, np.ndarray):
-    if image.shape[0] == size and image.shape[1] == size:
-      return image
-    image = Image.fromarray(image)
-  return transforms.resize_center_crop(image, size)
-
-
-class Preprocess:
-  """Per-sample transform run inside grain (picklable for worker processes): decode
-  (streamed sources), crop, normalise, tokenize the caption and text extra columns."""
-
-  def __init__(self, tokenizer, context_length, image_size, augment, mean, std,
-               extra_keys=(), decoder=None):
-    self.tokenizer, self.context_length = tokenizer, context_length
-    self.image_size = image_size
-    # normalize() as one multiply-add: (x / 255 - mean) / std.
-    self.scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
-    self.offset = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
-    self.augment = None if augment is None else {**DEFAULT_AUGMENT, **augment}
-    self.extra_keys, self.decoder = tuple(extra_keys), decoder
+  def __init__(self, transform, decoder=None):
+    self.transform, self.decoder = transform, decoder
 
   def __call__(self, record, rng):
     if self.decoder is not None:
       record = self.decoder(record)
     if record.get(SKIP_KEY):
       return {SKIP_KEY: record[SKIP_KEY]}
-    image = record['image']
-    if self.augment is None:
-      image = _to_size(image, self.image_size)
-    else:
-      image = random_resized_crop(image, self.image_size, rng, self.augment['scale'],
-                                  self.augment['ratio'])
-    pixels = np.multiply(image, self.scale, dtype=np.float32)
-    pixels += self.offset
-    out = {'image': pixels, 'text': self._tokens(record['caption'])}
-    for key in self.extra_keys:
-      value = record[key]
-      out[key] = self._tokens(value) if isinstance(value, str) else np.asarray(value)
-    return out
-
-  def _tokens(self, text: str) -> np.ndarray:
-    return self.tokenizer([text], self.context_length)[0]
+    try:
+      return self.transform(record, rng)
+    except sources.BadSample as e:
+      return {SKIP_KEY: e.reason}
 
 
 class NoisyCaptions:
@@ -325,27 +260,24 @@ def _rescale_position(state: dict, saved_rows: int, rows: int) -> dict:
   return {'next_index': state['next_index'] // saved_rows * rows}
 
 
-def make_train_loader(source, *, tokenizer, context_length: int, image_size: int,
-                      global_batch_size: int, seed: int, augment=None,
+def make_train_loader(source, transform, *, global_batch_size: int, seed: int,
                       process_index: int = 0, process_count: int = 1,
                       worker_count: int = 0, read_threads: int = 0,
-                      mean=transforms.CLIP_MEAN, std=transforms.CLIP_STD,
-                      extra_keys=(), label_noise: float = 0.0, shuffle_buffer: int = 1000,
+                      label_noise: float = 0.0, shuffle_buffer: int = 1000,
                       cycle_length: int = 4, process_split: str = 'batch') -> TrainLoader:
-  """Batches {'image': f32[B, S, S, 3], 'text': i32[B, L], *extra_keys} of this
-  process's B = global_batch_size // process_count samples, forever.
+  """Batches of this process's B = global_batch_size // process_count rows, each row
+  `transform(record, rng)` (clipjax.data.transforms), forever.
 
   Random-access sources are shuffled globally every epoch and split across processes
   by `process_split`: 'batch' (default) has every process walk the same global order
   and take rows [p * B/P, (p + 1) * B/P) of each global batch, with crops drawn per
   global position, so the global batches do not depend on the process count;
   'interleave' has process p read samples p, p + P, ... in its own order.
-  Shard sources are split by shard.
+  A source with `ordered = True` (an order of its own, e.g. episodes) is read in that
+  order, repeated, not shuffled. Shard sources are split by shard.
   With `worker_count` > 0 grain worker processes each take every worker_count-th
   element (sample or shard) of that stream and batch their own samples, so the
   order depends on worker_count (resume with the same value).
-  `augment=None` means no random crop (resize-centre-crop if sizes differ).
-  Text extra columns (str values) are tokenized like the caption.
   """
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
@@ -355,8 +287,7 @@ def make_train_loader(source, *, tokenizer, context_length: int, image_size: int
   if process_split not in ('batch', 'interleave'):
     raise ValueError(f"process_split={process_split!r}: use 'batch' or 'interleave'")
   decoder = getattr(source, 'decoder', None) if hasattr(source, 'shards') else None
-  preprocess = Preprocess(tokenizer, context_length, image_size, augment, mean, std,
-                          extra_keys, decoder)
+  preprocess = Apply(transform, decoder)
   if hasattr(source, 'shards'):
     # Open no more shards at once than a worker reads per epoch, so that interleaving
     # never puts two epochs of the same shard side by side.
@@ -388,10 +319,11 @@ def _index_stream(source, seed, process_index, process_count, label_noise, read_
   read = grain.ReadOptions(num_threads=read_threads,
                            prefetch_buffer_size=max(64, batch_size))
   ds = grain.MapDataset.source(source)
+  shuffle = (lambda d: d) if getattr(source, 'ordered', False) else (lambda d: d.shuffle(seed=seed))
   if process_split == 'interleave':
-    ds = ds[process_index::process_count].shuffle(seed=seed).repeat()
+    ds = shuffle(ds[process_index::process_count]).repeat()
     return ds.to_iter_dataset(read).random_map(preprocess, seed=seed)
-  ds = ds.shuffle(seed=seed).repeat().random_map(preprocess, seed=seed)
+  ds = shuffle(ds).repeat().random_map(preprocess, seed=seed)
   return _ProcessRows(ds, batch_size // process_count, process_index,
                       process_count).to_iter_dataset(read)
 
@@ -444,22 +376,17 @@ def sample_captions(source, num: int) -> list:
   return out
 
 
-# Optional data-config keys forwarded to make_train_loader, with their loader names.
-_LOADER_KEYS = {'num_workers': 'worker_count', 'augment': 'augment',
-                'label_noise': 'label_noise', 'shuffle_buffer': 'shuffle_buffer',
-                'cycle_length': 'cycle_length', 'read_threads': 'read_threads',
-                'mean': 'mean', 'std': 'std', 'process_split': 'process_split'}
+# Optional data-config keys forwarded to make_train_loader, with their loader names (the
+# record transform reads its own keys: augment, mean, std, extra_columns).
+_LOADER_KEYS = {'num_workers': 'worker_count', 'label_noise': 'label_noise',
+                'shuffle_buffer': 'shuffle_buffer', 'cycle_length': 'cycle_length',
+                'read_threads': 'read_threads', 'process_split': 'process_split'}
 
 
 def loader_kwargs(data_config) -> dict:
-  """make_train_loader keyword arguments from a data config's optional keys; extra
-  columns (`extra_columns`, a mapping) ride along under their batch names."""
-  out = {name: _plain(data_config[key]) for key, name in _LOADER_KEYS.items()
-         if key in data_config and data_config[key] is not None}
-  extra = _plain(data_config.get('extra_columns') or {})
-  if extra:
-    out['extra_keys'] = tuple(extra)
-  return out
+  """make_train_loader keyword arguments from a data config's optional keys."""
+  return {name: data_config[key] for key, name in _LOADER_KEYS.items()
+          if key in data_config and data_config[key] is not None}
 
 
 def _plain(value):

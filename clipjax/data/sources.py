@@ -172,7 +172,8 @@ def _decode_column(raw: dict, spec: str):
 
 
 class RecordDecoder:
-  """raw WebDataset-layout dict -> {'image', 'caption', *extra_columns} or a skip marker."""
+  """raw WebDataset-layout dict -> {'image', 'caption', 'key', *extra_columns} or a skip
+  marker."""
 
   def __init__(self, image_exts=IMAGE_EXTS, caption_key='txt', extra_columns=None,
                draft_size=None, as_array=True):
@@ -190,6 +191,8 @@ class RecordDecoder:
       record = {'image': decode_image(data, draft_size=self.draft_size,
                                       as_array=self.as_array),
                 'caption': decode_text(raw.get(self.caption_key))}
+      if '__key__' in raw:  # what precomputed features are joined by
+        record['key'] = raw['__key__']
       for key, spec in self.extra_columns.items():
         record[key] = _decode_column(raw, spec)
     except BadSample as e:

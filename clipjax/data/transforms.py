@@ -1,10 +1,22 @@
-"""Image transforms shared by training and evaluation (numpy, host side)."""
+"""Per-record transforms (numpy, host side): crops and normalisation shared by training and
+evaluation, and the records -> batch-row transforms that methods hand to the pipeline.
+
+A record transform is a picklable `transform(record, rng) -> dict` run in grain workers:
+`record` holds what the source decoded ('image' uint8 [H, W, 3] or PIL, 'caption', 'index'
+for random-access sources, 'key' for shards, extra columns), `rng` a numpy Generator
+that is a function of (seed, position in the stream). It returns one batch row: a dict of
+arrays whose keys the method declares (`Method.example_batch`). It may raise
+`sources.BadSample` to have the record skipped and counted.
+"""
+import math
+
 import numpy as np
 from PIL import Image
 
 # OpenAI CLIP normalisation, the default everywhere open_clip users expect it.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_AUGMENT = {'scale': (0.9, 1.0), 'ratio': (3 / 4, 4 / 3)}
 
 
 def normalize(images: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
@@ -22,3 +34,90 @@ def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
   w, h = image.size
   left, top = (w - size) // 2, (h - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def random_resized_crop_box(height, width, rng, scale, ratio):
+  """torchvision's RandomResizedCrop box (x0, y0, x1, y1): area fraction in `scale`,
+  log-uniform aspect ratio in `ratio`; falls back to the central crop."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      y0 = int(rng.integers(0, height - h + 1))
+      x0 = int(rng.integers(0, width - w + 1))
+      return x0, y0, x0 + w, y0 + h
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    w, h = int(round(height * ratio[1])), height
+  else:
+    w, h = width, height
+  x0, y0 = (width - w) // 2, (height - h) // 2
+  return x0, y0, x0 + w, y0 + h
+
+
+def random_resized_crop(image, size: int, rng, scale=DEFAULT_AUGMENT['scale'],
+                        ratio=DEFAULT_AUGMENT['ratio']) -> np.ndarray:
+  """uint8 [H, W, 3] or RGB PIL image -> uint8 [size, size, 3] (bicubic), CLIP's
+  training crop."""
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  box = random_resized_crop_box(image.height, image.width, rng, scale, ratio)
+  return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)
+
+
+def to_size(image, size: int) -> np.ndarray:
+  """uint8 [size, size, 3]: as is when already that size, else resize and centre crop."""
+  if isinstance(image, np.ndarray):
+    if image.shape[0] == size and image.shape[1] == size:
+      return image
+    image = Image.fromarray(image)
+  return resize_center_crop(image, size)
+
+
+class ImageText:
+  """{'image': f32 [S, S, 3] normalised, 'text': i32 [L], *extra_keys}: a random resized
+  crop (or resize-centre-crop when `augment` is None), the caption tokenized, and extra
+  columns passed through (str values tokenized like the caption)."""
+
+  def __init__(self, tokenizer, context_length: int, image_size: int, augment=None,
+               mean=CLIP_MEAN, std=CLIP_STD, extra_keys=()):
+    self.tokenizer, self.context_length = tokenizer, context_length
+    self.image_size = image_size
+    # normalize() as one multiply-add: (x / 255 - mean) / std.
+    self.scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
+    self.offset = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+    self.augment = None if augment is None else {**DEFAULT_AUGMENT, **augment}
+    self.extra_keys = tuple(extra_keys)
+
+  @classmethod
+  def from_config(cls, data_config, *, tokenizer, context_length: int, image_size: int):
+    """From a data config's `augment`, `mean`, `std` and `extra_columns` keys."""
+    get = data_config.get
+    plain = lambda v: v.to_dict() if hasattr(v, 'to_dict') else v
+    kwargs = {k: plain(get(k)) for k in ('augment', 'mean', 'std') if get(k) is not None}
+    return cls(tokenizer, context_length, image_size,
+               extra_keys=tuple(plain(get('extra_columns') or {})), **kwargs)
+
+  def __call__(self, record, rng) -> dict:
+    image = record['image']
+    if self.augment is None:
+      image = to_size(image, self.image_size)
+    else:
+      image = random_resized_crop(image, self.image_size, rng, self.augment['scale'],
+                                  self.augment['ratio'])
+    pixels = np.multiply(image, self.scale, dtype=np.float32)
+    pixels += self.offset
+    out = {'image': pixels, 'text': self._tokens(record['caption'])}
+    for key in self.extra_keys:
+      value = record[key]
+      out[key] = self._tokens(value) if isinstance(value, str) else np.asarray(value)
+    return out
+
+  def _tokens(self, text: str) -> np.ndarray:
+    return self.tokenizer([text], self.context_length)[0]

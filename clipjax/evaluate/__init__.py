@@ -20,7 +20,7 @@ log10_C}. An evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`
 """
 from typing import Optional
 
-from clipjax.evaluate.encoder import Encoder
+from clipjax.evaluate.encoder import Encoder, EvalView
 from clipjax.evaluate.linear_probe import LinearProbeEvaluator, fit_linear_probe
 from clipjax.evaluate.metrics import classification_metrics, retrieval_metrics
 from clipjax.evaluate.retrieval import RetrievalEvaluator
@@ -69,7 +69,7 @@ def run_evaluators(evaluators: dict, encoder, details: Optional[dict] = None) ->
 
 
 __all__ = [
-    'Encoder', 'EVALUATORS', 'LinearProbeEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
+    'Encoder', 'EvalView', 'EVALUATORS', 'LinearProbeEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
     'build_evaluators', 'classification_metrics', 'fit_linear_probe', 'retrieval_metrics',
     'run_evaluators', 'zeroshot_classifier', 'zeroshot_metrics',
 ]

@@ -1,8 +1,11 @@
 """Batched, jit-compiled image and text embedding for every evaluator.
 
 Evaluators only see this object (or anything with the same two methods), so they run
-the same on a fresh model, a restored checkpoint, or a fake encoder in tests.
+the same on a fresh model, a restored checkpoint, or a fake encoder in tests. What it
+embeds with is an `EvalView`: a training method's view of its state (EMA weights, a
+masked student, a frozen-LLM text path), or any CLIP-style model (`EvalView.of`).
 """
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
@@ -26,23 +29,42 @@ def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, pad])
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalView:
+  """What evaluators embed with: two pure functions of (variables, inputs) and the
+  variables. Arrays that change during training (weights, masks) belong in `variables`,
+  never in the functions' closures, which are compiled once."""
+  encode_image: Callable  # (variables, float32 normalised images [B, S, S, 3]) -> [B, D]
+  encode_text: Callable   # (variables, int32 ids [B, L]) -> [B, D]
+  variables: Any
+
+  @classmethod
+  def of(cls, model, params, **collections):
+    """A CLIP-style model's own `encode_image` / `encode_text` on `params` (plus any
+    non-parameter collections, e.g. batch_stats)."""
+    return cls(lambda v, x: model.apply(v, x, method='encode_image'),
+               lambda v, ids: model.apply(v, ids, method='encode_text'),
+               {'params': params, **collections})
+
+
 class Encoder:
-  """Embeds uint8 images and strings with a CLIPModel; outputs are L2-normalised float32.
+  """Embeds uint8 images and strings through an `EvalView`; outputs are L2-normalised
+  float32.
 
   Images are normalised on device (uint8 travels to the accelerator, 4x less transfer).
-  Both model methods are jitted once; the last batch is padded to `batch_size` so a
-  dataset of any length compiles exactly one program per tower. Parameters may be
-  sharded jax Arrays; `batch_sharding` (optional) places each input batch, e.g. over the
-  mesh's data axes, and must divide `batch_size`. Assigning `encoder.params` (same tree
-  and shardings, e.g. a later training state) reuses the compiled programs.
+  Both towers are jitted once; the last batch is padded to `batch_size` so a dataset of
+  any length compiles exactly one program per tower. Variables may be sharded jax
+  Arrays; `batch_sharding` (optional) places each input batch, e.g. over the mesh's data
+  axes, and must divide `batch_size`. Assigning `encoder.variables` (same tree and
+  shardings, e.g. a later training state's view) reuses the compiled programs.
   """
 
-  def __init__(self, model, params, tokenizer: Callable, *, context_length: int,
+  def __init__(self, view: EvalView, tokenizer: Callable, *, context_length: int,
                image_size: int, mean=CLIP_MEAN, std=CLIP_STD, batch_size: int = 256,
                batch_sharding: Optional[Any] = None):
     if batch_size <= 0:
       raise ValueError(f'Encoder batch_size must be positive, got {batch_size}')
-    self.params = params
+    self.variables = view.variables
     self.tokenizer = tokenizer
     self.context_length = int(context_length)
     self.image_size = int(image_size)
@@ -51,13 +73,13 @@ class Encoder:
     mean = jnp.asarray(mean, jnp.float32) * 255.0
     std = jnp.asarray(std, jnp.float32) * 255.0
 
-    def encode_image(params, images_uint8):
+    def encode_image(variables, images_uint8):
       x = (images_uint8.astype(jnp.float32) - mean) / std
-      emb = model.apply({'params': params}, x, method='encode_image').astype(jnp.float32)
+      emb = view.encode_image(variables, x).astype(jnp.float32)
       return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
 
-    def encode_text(params, ids):
-      emb = model.apply({'params': params}, ids, method='encode_text').astype(jnp.float32)
+    def encode_text(variables, ids):
+      emb = view.encode_text(variables, ids).astype(jnp.float32)
       return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
 
     # With a mesh, gather outputs to every device: multi-host runs can then read them.
@@ -73,7 +95,7 @@ class Encoder:
       batch = _pad_rows(chunk, self.batch_size)
       if self.batch_sharding is not None:
         batch = jax.device_put(batch, self.batch_sharding)
-      outputs.append(np.asarray(jax.device_get(fn(self.params, batch)))[:len(chunk)])
+      outputs.append(np.asarray(jax.device_get(fn(self.variables, batch)))[:len(chunk)])
     return np.concatenate(outputs).astype(np.float32)
 
   def encode_images(self, images: np.ndarray) -> np.ndarray:

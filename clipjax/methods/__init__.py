@@ -1,7 +1,7 @@
 """Method registry: the loop finds a method by name and never imports one directly."""
 import importlib
 
-from clipjax.methods.base import Method
+from clipjax.methods.base import EvalView, Hook, HookContext, Method
 
 _METHODS = {
     'clip': 'clipjax.methods.clip',
@@ -11,7 +11,22 @@ _METHODS = {
 
 
 def get_method(name: str) -> type:
-  """The `Method` class registered as `name` (each module exposes `METHOD`)."""
-  if name not in _METHODS:
-    raise ValueError(f'Unknown method {name!r} (config key "method"); available: {sorted(_METHODS)}')
-  return importlib.import_module(_METHODS[name]).METHOD
+  """The `Method` class registered as `name` (each module exposes `METHOD`), or one named
+  by import path, `package.module:ClassName` (methods of your own, tests)."""
+  if ':' in name:
+    module, _, attr = name.partition(':')
+    try:
+      cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f'config.method={name!r}: {e}') from None
+  elif name in _METHODS:
+    cls = importlib.import_module(_METHODS[name]).METHOD
+  else:
+    raise ValueError(f'Unknown method {name!r} (config key "method"); available: '
+                     f'{sorted(_METHODS)} or "package.module:ClassName"')
+  if not (isinstance(cls, type) and issubclass(cls, Method)):
+    raise ValueError(f'config.method={name!r} is not a clipjax.methods.Method subclass')
+  return cls
+
+
+__all__ = ['EvalView', 'Hook', 'HookContext', 'Method', 'get_method']

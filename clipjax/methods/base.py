@@ -1,95 +1,181 @@
-"""The small interface every method implements; the train step only ever calls these.
+"""The interface every method implements; the loop, the step and the evaluators only
+ever call these (`clipjax/methods/README.md` walks through it).
 
-A method owns its model and its equations. State it carries besides trainable params
-(EMA copies, frozen teachers, prototypes, masks) lives in `aux`, which gets no optimizer
-state and no gradient. Contrastive methods split their loss into `embed` (per-example,
-expensive) and `loss_from_embeddings` (over the whole global batch), which lets gradient
-accumulation keep the full batch of negatives (GradCache, as open_clip's `--accum-freq`).
+A method owns its model, its data (a record transform and the batch keys it declares),
+its equations and its host-side hooks. The train state splits what the model holds into
+trainable `params`, `frozen` params (optimizer rules) and `mutables` (BatchNorm
+statistics); what a method carries besides its model (EMA copies, teachers, prototypes)
+is `aux`: no gradient, no optimizer state, sharded by the same logical rules as params
+wherever its leaves carry logical names (boxed, as `init` returns them).
+
+Contrastive methods split their loss into `embed` (per example, expensive) and
+`loss_from_embeddings` (over the whole global batch), which lets gradient accumulation
+keep the full batch of negatives (GradCache, as open_clip's `--accum-freq`).
 """
-from typing import Any
+import dataclasses
+from typing import Any, Callable, Protocol
 
 import jax.numpy as jnp
 import numpy as np
 
-from clipjax import convert, models
+from clipjax import models, sharding
+from clipjax.data import transforms
+from clipjax.evaluate import EvalView
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """`fn(ctx, state) -> state`, run on every process outside jit before the next step
+  whenever the steps taken in this stage (the whole run, without `config.stages`) are a
+  multiple of `every` (every > 0) or in `at`. What it computes goes into the state
+  (checkpointed with it); it must be a function of the state and config, since a
+  resumed run re-runs the hooks due at the restored step."""
+  fn: Callable
+  every: int = 0
+  at: tuple = ()
+
+  def due(self, step: int) -> bool:
+    return bool(self.every and step % self.every == 0) or step in self.at
+
+
+class HookContext(Protocol):
+  """What the loop hands to hooks."""
+  config: Any
+  mesh: Any
+  workdir: Any
+
+  def features(self, state, fn: Callable, indices, *, transform=None, seed: int = 0) -> dict:
+    """`fn(state, batch) -> {name: [B, ...]}` over the training source's samples at
+    `indices` (the method's transform unless another is given), jitted and sharded over
+    the mesh and every process -> {name: np.ndarray [N, ...], 'valid': bool [N]} on
+    every process (clipjax.features.feature_pass)."""
+
+  def restructure(self, state, updates: dict, *, params, aux=None, mutables=None):
+    """A new model from the config with `updates` merged in, holding `params` (the whole
+    model's) and `aux`/`mutables` (None: their fresh initial values), with a fresh
+    optimizer whose schedule goes on; recorded, so a resume rebuilds the same model."""
 
 
 class Method:
   """Base: a two-tower image-text model trained on `{'image', 'text'}` batches."""
 
-  batch_keys = ('image', 'text')
+  text_tower = True  # the loop gives it a tokenizer (loaded, or trained on the captions)
   init_logit_scale = 1 / 0.07
   init_logit_bias = None
 
-  def __init__(self, config, mesh=None):
+  def __init__(self, config, mesh=None, tokenizer=None):
     self.config = config
     self.mesh = mesh  # losses shard their work over its batch axes (clipjax/kernels)
+    self.tokenizer = tokenizer
     m = config.model
     self.model = models.build_clip(
         m.name, dtype=jnp.dtype(m.get('dtype', 'float32')),
         init_logit_scale=self.init_logit_scale, init_logit_bias=self.init_logit_bias,
         **{k: v for k, v in m.items() if k not in ('name', 'dtype')})
 
-  def example_batch(self, batch_size: int = 1) -> dict:
-    """Zero arrays with the shapes of one batch, for shape inference at init."""
-    v, t = self.model.vision, self.model.text
-    return {'image': np.zeros((batch_size, v['image_size'], v['image_size'], 3), np.float32),
-            'text': np.zeros((batch_size, t['context_length']), np.int32)}
+  # ------------------------------------------------------------------ data
 
-  def init_variables(self, rng) -> dict:
-    """Boxed (logically partitioned) variables; the train state unboxes them."""
+  def transform(self):
+    """The picklable per-record transform grain runs (clipjax.data.transforms)."""
+    c = self.config
+    extra = c.data.get('extra_columns') or {}
+    if extra:
+      raise ValueError(f'config.data.extra_columns {sorted(extra)}: method {c.method!r} '
+                       'reads only images and captions')
+    return transforms.ImageText.from_config(c.data, tokenizer=self.tokenizer,
+                                            context_length=c.model.context_length,
+                                            image_size=c.model.image_size)
+
+  def source(self, source):
+    """The training source as this method reads it (e.g. in episodes; a source with
+    `ordered = True` keeps its order in the pipeline)."""
+    return source
+
+  def example_batch(self, batch_size: int = 1) -> dict:
+    """Zero arrays with the keys, shapes and dtypes of the batches `transform` makes."""
+    m = self.config.model
+    return {'image': np.zeros((batch_size, m.image_size, m.image_size, 3), np.float32),
+            'text': np.zeros((batch_size, m.context_length), np.int32)}
+
+  # ------------------------------------------------------------------ state
+
+  def init(self, rng) -> dict:
+    """Boxed (logically partitioned) model variables: 'params' and any collections."""
     batch = self.example_batch()
     return self.model.init(rng, batch['image'], batch['text'])
 
-  def init_aux(self, params, rng) -> Any:
-    del params, rng
+  def init_aux(self, variables, rng) -> Any:
+    """Method state besides the model, from the boxed `variables`; boxed leaves are
+    sharded by the logical rules, others replicated."""
+    del variables, rng
     return {}
 
-  restructure_step = None  # the step after which `restructure` changes the model, if any
+  def optim_rules(self) -> list:
+    """Optimizer rules this method's parameters need (clipjax/train/optimizer.py);
+    the config's `optim.rules` come first and can override them."""
+    return []
 
-  def prepare(self, state):
-    """Outside jit, on a fresh state after `init_from`: a method loads large state here
-    (TinyCLIP's teacher into aux, inherited weights into params) instead of baking it
-    into the jitted init as constants. Not called when resuming from a checkpoint.
-
-    In a chain of `config.stages`, `config.previous_stage` is the previous stage's final
-    model (a native folder); by default a stage continues from its params."""
-    if self.config.get('previous_stage'):
-      state = state.replace(params=convert.init_params(
-          state.params, [dict(src=self.config.previous_stage)]))
+  def prepare(self, state, previous=None):
+    """Outside jit, on a fresh state: large state is loaded here (a teacher into aux,
+    inherited weights into params) instead of being baked into the jitted init. Not
+    called when resuming. `previous`: the params of the model this run continues
+    (`config.previous_stage`, or the previous stage of a chain); by default the run
+    continues from them."""
+    if previous is not None:
+      state = state.with_params(previous)
     return state
 
-  def eval_view(self, params) -> tuple:
-    """(model, params) that evaluators embed with (`model.apply(..., method='encode_image')`).
-    A method whose trained forward is not plain `self.model` (TinyCLIP's masks) returns
-    its own view; the model object must stay the same between calls (compiled once)."""
-    return self.model, params
+  # ------------------------------------------------------------------ the step (jitted)
 
-  def restructure(self, params, aux) -> tuple:
-    """After `restructure_step` steps, outside jit: host params and the device aux in,
-    (params, aux, config updates) out (aux entries kept as they are stay on device). The
-    loop rebuilds model, optimizer (fresh state) and step from the updated config and goes
-    on; TinyCLIP prunes its student here."""
-    raise NotImplementedError(f'{type(self).__name__} sets restructure_step but no restructure')
+  def apply(self, variables, *args, **kwargs) -> tuple:
+    """`self.model.apply` -> (output, updated non-parameter collections, or {})."""
+    mutable = [k for k in variables if k != 'params']
+    if not mutable:
+      return self.model.apply(variables, *args, **kwargs), {}
+    out, updated = self.model.apply(variables, *args, mutable=mutable, **kwargs)
+    return out, dict(updated)
 
-  def embed(self, params, batch, rng) -> dict:
-    del rng
-    return self.model.apply({'params': params}, batch['image'], batch['text'])
+  def embed(self, variables, aux, batch, rng) -> tuple:
+    """(per-example outputs {name: [B, ...]}, updated mutables or {}). `rng` is the
+    step's, the same for every micro-batch of an accumulated step: a random draw shared
+    by the batch then matches the unsplit step."""
+    del aux, rng
+    out, mutables = self.apply(variables, batch['image'], batch['text'])
+    return {k: out[k] for k in ('image_emb', 'text_emb')}, mutables
 
   def loss_kwargs(self) -> dict:
     """`implementation=` (config.loss_implementation) and `mesh=` for clipjax.losses."""
     return dict(implementation=self.config.get('loss_implementation') or 'auto', mesh=self.mesh)
 
-  def loss_from_embeddings(self, params, emb, batch) -> tuple:
+  def loss_from_embeddings(self, variables, aux, emb, batch) -> tuple:
+    """(loss, metrics) over the whole global batch."""
     raise NotImplementedError
 
-  def loss(self, params, aux, batch, rng) -> tuple:
-    del aux
-    return self.loss_from_embeddings(params, self.embed(params, batch, rng), batch)
+  def loss(self, variables, aux, batch, rng) -> tuple:
+    """(loss, metrics, updated mutables or {}). A method that overrides this computes
+    its loss in one piece and cannot accumulate gradients (grad_accum_steps=1)."""
+    emb, mutables = self.embed(variables, aux, batch, rng)
+    loss, metrics = self.loss_from_embeddings(variables, aux, emb, batch)
+    return loss, metrics, mutables
 
   def after_step(self, state):
-    """Inside jit, after the optimizer update (A-CLIP's EMA goes here)."""
+    """Inside jit, after the optimizer update (EMA updates, clamps)."""
     return state
+
+  # ------------------------------------------------------------------ host side
+
+  def hooks(self) -> list:
+    """`Hook`s the loop runs between steps (episodes, prunes)."""
+    return []
+
+  def eval_view(self, state) -> EvalView:
+    """What evaluators embed with; the functions must not change between calls."""
+    variables = state.variables()
+    return EvalView.of(self.model, variables.pop('params'), **variables)
+
+  def export(self, state) -> tuple:
+    """(CLIP model, host params) written by `--config.mode=export` and at stage ends."""
+    return self.model, sharding.fetch(state.variables()['params'])
 
   def scale_and_bias(self, params) -> dict:
     return self.model.apply({'params': params}, method=lambda m: dict(

@@ -10,11 +10,8 @@ Training samples one mask per step for the whole batch; at prune time the masks 
 deterministic (`deterministic`), their soft values are folded into the weights and the zero
 rows and columns removed (`prune`). Pruned layers keep their own head and neuron counts;
 `pruned_sizes` gives the tower spec (`layer_heads`, `layer_mlp`) under which `CLIPModel`
-runs the result.
-
-`encode(params, spec, tower, inputs, masks)` is a functional copy of our towers
-(clipjax/models/{vit,text,layers}.py, 'cls' pooling) that applies the masks; with unit
-masks it equals the model.
+runs the result. The masks are applied by the real towers (`CLIPModel(..., masks=...)`,
+clipjax/models/layers.py).
 """
 import math
 
@@ -23,15 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from clipjax.models.layers import ACTIVATIONS, attention
-
 LIMIT_A, LIMIT_B, EPS = -0.1, 1.1, 1e-6
 BETA = 2.0 / 3.0          # hard-concrete temperature
 MAGIC = 0.8               # deterministic soft mask: sigmoid(loga / beta * 0.8)
 INIT_LOGA = 10.0
 LOGA_RANGE = (math.log(1e-2), math.log(1e2))
 INIT_LAMBDA = 10.0
-LN_EPS = 1e-5
 
 
 # ------------------------------------------------------------------ masks and sparsity
@@ -101,18 +95,9 @@ def target_sparsity(step, start: float, target: float, warmup: int):
 
 def lagrangian(expected, target, lambdas):
   """One-sided: only too little sparsity is penalised. The multipliers are trained by
-  gradient ascent (see `ascent`), so they grow while the constraint is violated."""
+  gradient ascent (an optimizer rule), so they grow while the constraint is violated."""
   gap = jnp.maximum(target - expected, 0.0)
   return lambdas['lambda_1'] * gap + lambdas['lambda_2'] * gap ** 2
-
-
-@jax.custom_vjp
-def ascent(x):
-  """Identity whose gradient is negated: a descent optimizer then ascends on `x`."""
-  return x
-
-
-ascent.defvjp(lambda x: (x, None), lambda _, g: (-g,))
 
 
 def deterministic(loga):
@@ -134,94 +119,12 @@ def deterministic_masks(masks):
   return {t: {k: deterministic(v) for k, v in m.items()} for t, m in masks.items()}
 
 
-# ------------------------------------------------------------------ masked forward
-
-def _layer_norm(x, p, keep=None):
-  """LayerNorm over the kept dims only (zeros elsewhere), as the official masked LN."""
-  x = x.astype(jnp.float32)
-  if keep is None:
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * p['scale'] + p['bias']
-  n = jnp.sum(keep)
-  mean = jnp.sum(x * keep, -1, keepdims=True) / n
-  var = jnp.sum(((x - mean) * keep) ** 2, -1, keepdims=True) / n
-  return ((x - mean) * jax.lax.rsqrt(var + LN_EPS) * p['scale'] + p['bias']) * keep
-
-
-def _block(x, p, act, attn_mask, hidden, heads, inter):
-  keep = None if hidden is None else (hidden != 0).astype(jnp.float32)
-  h = _layer_norm(x, p['ln_1'], keep)
-  a = p['attn']
-  q, k, v = (jnp.einsum('btd,dhk->bthk', h, a[n]['kernel']) + a[n]['bias']
-             for n in ('query', 'key', 'value'))
-  o = attention(q, k, v, attn_mask)
-  if heads is not None:
-    o = o * heads[None, None, :, None]
-  y = jnp.einsum('bthk,hkd->btd', o, a['out']['kernel']) + a['out']['bias']
-  x = x + (y if hidden is None else y * hidden)
-  h = _layer_norm(x, p['ln_2'], keep)
-  m = p['mlp']
-  f = ACTIVATIONS[act](h @ m['fc1']['kernel'] + m['fc1']['bias'])
-  if inter is not None:
-    f = f * inter
-  y = f @ m['fc2']['kernel'] + m['fc2']['bias']
-  return x + (y if hidden is None else y * hidden)
-
-
-def _transformer(x, p, act, attn_mask, masks):
-  hidden = None if masks is None else masks['hidden']
-  for i in range(len(p)):
-    x = _block(x, p[f'block_{i}'], act, attn_mask, hidden,
-               None if masks is None else masks['heads'][i],
-               None if masks is None else masks['intermediate'][i])
-  return x
-
-
-def encode(params, spec, tower: str, inputs, masks=None):
-  """Projected embedding (before L2 norm) of `inputs` through `params[tower]`, optionally
-  under masks {'hidden', 'heads', 'intermediate'}. spec: the CLIPModel's vision/text dict."""
-  p = params[tower]
-  act = spec.get('act', 'gelu')
-  hidden = None if masks is None else masks['hidden']
-  keep = None if hidden is None else (hidden != 0).astype(jnp.float32)
-  if tower == 'visual':
-    if spec.get('pool', 'cls') != 'cls':
-      raise ValueError(f'l0.encode: only pool="cls" towers, got {spec.get("pool")!r}')
-    w = p['patch_embed']['kernel']
-    x = jax.lax.conv_general_dilated(
-        inputs.astype(jnp.float32), w, w.shape[:2], 'VALID',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    b = x.shape[0]
-    x = x.reshape(b, -1, x.shape[-1]) + p['pos_embed'][1:]
-    cls = jnp.broadcast_to(p['cls_token'] + p['pos_embed'][0], (b, 1, x.shape[-1]))
-    x = jnp.concatenate([cls, x], axis=1)
-    if hidden is not None:
-      x = x * hidden
-    x = _layer_norm(x, p['ln_pre'], keep)
-    x = _transformer(x, p['transformer'], act, None, masks)
-    pooled = _layer_norm(x[:, 0], p['ln_post'], keep)
-  else:
-    ids = inputs
-    length = ids.shape[-1]
-    x = jnp.take(p['token_embed'], ids, axis=0) + p['pos_embed'][:length]
-    if hidden is not None:
-      x = x * hidden
-    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    x = _transformer(x, p['transformer'], act, causal, masks)
-    x = _layer_norm(x, p['ln_final'], keep)
-    eot = spec.get('eot_token_id')
-    pos = jnp.argmax(ids, -1) if eot is None else jnp.argmax(ids == eot, -1)
-    pooled = x[jnp.arange(x.shape[0]), pos]
-  return pooled @ p['proj']
-
-
 # ------------------------------------------------------------------ fold and prune
 
 def prune(params, masks):
   """Dense params with the deterministic masks' soft values folded in and zeros removed.
 
-  Exact: `encode(pruned, ..., masks=None)` equals `encode(params, ..., masks)`. (The
+  Exact: the model on `pruned` equals the masked model on `params`. (The
   official prune also scales `proj`'s rows by the hidden mask, a ~0.4% change of the
   output that the masked forward never applied; we keep outputs identical.)
   """

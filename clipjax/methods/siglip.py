@@ -10,9 +10,9 @@ class SigLIP(Method):
   init_logit_scale = 10.0
   init_logit_bias = -10.0
 
-  def loss_from_embeddings(self, params, emb, batch):
-    del batch
-    sb = self.scale_and_bias(params)
+  def loss_from_embeddings(self, variables, aux, emb, batch):
+    del aux, batch
+    sb = self.scale_and_bias(variables['params'])
     loss = losses.siglip_loss(emb['image_emb'], emb['text_emb'], sb['logit_scale'],
                               sb['logit_bias'], **self.loss_kwargs())
     return loss, {'logit_scale': sb['logit_scale'], 'logit_bias': sb['logit_bias']}

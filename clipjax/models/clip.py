@@ -17,7 +17,9 @@ def l2_normalize(x, eps=1e-6):
 
 
 class CLIPModel(nn.Module):
-  """`encode_image` / `encode_text` give projected embeddings before L2 normalisation."""
+  """`encode_image` / `encode_text` give projected embeddings before L2 normalisation.
+  `masks` ({'visual': ..., 'textual': ...}, each as clipjax.models.layers describes)
+  scale away what structured pruning would remove."""
   embed_dim: int
   vision: dict
   text: dict
@@ -35,19 +37,20 @@ class CLIPModel(nn.Module):
       self.logit_bias = self.param('logit_bias', nn.with_logical_partitioning(
           nn.initializers.constant(self.init_logit_bias), ()), ())
 
-  def encode_image(self, images, keep_indices=None):
-    return self.visual(images, keep_indices)[0]
+  def encode_image(self, images, keep_indices=None, masks=None):
+    return self.visual(images, keep_indices, masks)[0]
 
-  def encode_text(self, ids):
-    return self.textual(ids)[0]
+  def encode_text(self, ids, masks=None):
+    return self.textual(ids, masks)[0]
 
   def logit_scale(self):
     """exp of the learned log-scale, clamped at 100 as in CLIP."""
     return jnp.exp(jnp.minimum(self.log_logit_scale, math.log(MAX_LOGIT_SCALE)))
 
-  def __call__(self, images, ids, keep_indices=None):
-    out = dict(image_emb=l2_normalize(self.encode_image(images, keep_indices)),
-               text_emb=l2_normalize(self.encode_text(ids)),
+  def __call__(self, images, ids, keep_indices=None, masks=None):
+    masks = masks or {}
+    out = dict(image_emb=l2_normalize(self.encode_image(images, keep_indices, masks.get('visual'))),
+               text_emb=l2_normalize(self.encode_text(ids, masks.get('textual'))),
                logit_scale=self.logit_scale())
     if self.init_logit_bias is not None:
       out['logit_bias'] = self.logit_bias

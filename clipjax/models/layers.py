@@ -6,6 +6,14 @@ to mesh axes, so one model definition serves data, FSDP and tensor parallelism.
 Blocks may differ in head count and MLP width (`layer_heads`, `layer_mlp`, with a fixed
 `head_dim`): structured pruning (TinyCLIP's automatic inheritance) leaves such towers,
 and they stay ordinary models that train, checkpoint and export like any other.
+
+Structured masks (`masks=` of `Transformer` and the towers) scale what pruning would
+remove, on the real modules: `hidden` [D] the residual width (LayerNorms then normalise
+over the kept dims only, as CoFi's), `heads` [L, H] the attention heads' outputs,
+`intermediate` [L, I] the MLP neurons. Masks of ones give the unmasked model.
+
+The residual stream is constrained to ('batch', 'length', 'act_embed'): the batch stays
+split over `data` x `fsdp` under any parameter sharding (see clipjax.sharding).
 """
 from typing import Any, Callable, Optional, Sequence
 
@@ -13,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clipjax import sharding
 from clipjax.kernels.attention import masked_attention
 
 Dtype = Any
@@ -34,18 +43,29 @@ def logical_param(init: Callable, axes):
   return nn.with_logical_partitioning(safe_init, axes)
 
 
+RESIDUAL = ('batch', 'length', 'act_embed')
+
+
+def constrain(x, names=RESIDUAL):
+  """Logical sharding of an activation (a no-op outside `sharding.with_rules`)."""
+  return sharding.constrain(x, names)
+
+
 class MLP(nn.Module):
   hidden: int
   act: str = 'gelu'
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """mask: [hidden] multiplies the neurons after the activation."""
     width = x.shape[-1]
     x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1',
                  kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
                  bias_init=logical_param(nn.initializers.zeros, ('mlp',)))(x)
     x = ACTIVATIONS[self.act](x)
+    if mask is not None:
+      x = x * mask
     return nn.Dense(width, dtype=self.dtype, name='fc2',
                     kernel_init=logical_param(nn.initializers.xavier_uniform(), ('mlp', 'embed')),
                     bias_init=logical_param(nn.initializers.zeros, ('embed',)))(x)
@@ -71,8 +91,9 @@ class MultiHeadAttention(nn.Module):
   head_dim: Optional[int] = None
 
   @nn.compact
-  def __call__(self, x, mask=None, *, keep=None, causal: bool = False):
-    """mask: broadcasts to [B, H, Tq, Tk]; keep: [B, T] bool keys to attend to."""
+  def __call__(self, x, mask=None, *, keep=None, causal: bool = False, head_mask=None):
+    """mask: broadcasts to [B, H, Tq, Tk]; keep: [B, T] bool keys to attend to;
+    head_mask: [H] multiplies each head's output before the output projection."""
     width = x.shape[-1]
     head_dim = self.head_dim or width // self.heads
     proj = lambda name: nn.DenseGeneral(
@@ -94,16 +115,29 @@ class MultiHeadAttention(nn.Module):
                        f'got {self.implementation!r}; kernels take keep= and causal=')
     else:
       out = masked_attention(q, k, v, keep, causal=causal, implementation=self.implementation)
+    if head_mask is not None:
+      out = out * head_mask[:, None]
     return nn.DenseGeneral(
         width, axis=(-2, -1), dtype=self.dtype, name='out',
         kernel_init=logical_param(nn.initializers.xavier_uniform(), ('heads', 'kv', 'embed')),
         bias_init=logical_param(nn.initializers.zeros, ('embed',)))(out)
 
 
+class LayerNorm(nn.LayerNorm):
+  """LayerNorm whose `keep` [D] (a hidden mask) restricts the statistics to the kept
+  dims and zeroes the others (CoFi's masked LayerNorm)."""
+
+  def __call__(self, x, keep=None):
+    if keep is None:
+      return super().__call__(x)
+    kept = (keep != 0).astype(jnp.float32)
+    return super().__call__(x, mask=jnp.broadcast_to(kept != 0, x.shape)) * kept
+
+
 def layer_norm(name, eps=1e-5, dtype=jnp.float32):
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
-                      scale_init=logical_param(nn.initializers.ones, ('embed',)),
-                      bias_init=logical_param(nn.initializers.zeros, ('embed',)))
+  return LayerNorm(epsilon=eps, dtype=dtype, name=name,
+                   scale_init=logical_param(nn.initializers.ones, ('embed',)),
+                   bias_init=logical_param(nn.initializers.zeros, ('embed',)))
 
 
 class Block(nn.Module):
@@ -118,14 +152,19 @@ class Block(nn.Module):
   mlp_dim: Optional[int] = None  # overrides mlp_ratio
 
   @nn.compact
-  def __call__(self, x, keep=None):
+  def __call__(self, x, keep=None, masks=None):
+    """masks: this block's {'hidden' [D], 'heads' [H], 'intermediate' [I]} or None."""
     width = x.shape[-1]
     mlp_dim = int(width * self.mlp_ratio) if self.mlp_dim is None else self.mlp_dim
-    x = x + MultiHeadAttention(self.heads, self.dtype, self.attention_impl, self.head_dim,
-                               name='attn')(
-        layer_norm('ln_1', dtype=self.dtype)(x), keep=keep, causal=self.causal)
-    x = x + MLP(mlp_dim, self.act, self.dtype, name='mlp')(
-        layer_norm('ln_2', dtype=self.dtype)(x))
+    m = masks or {}
+    hidden = m.get('hidden')
+    scaled = (lambda y: y) if hidden is None else (lambda y: y * hidden)
+    x = x + scaled(MultiHeadAttention(self.heads, self.dtype, self.attention_impl,
+                                      self.head_dim, name='attn')(
+        layer_norm('ln_1', dtype=self.dtype)(x, hidden), keep=keep, causal=self.causal,
+        head_mask=m.get('heads')))
+    x = x + scaled(MLP(mlp_dim, self.act, self.dtype, name='mlp')(
+        layer_norm('ln_2', dtype=self.dtype)(x, hidden), m.get('intermediate')))
     return x
 
 
@@ -152,14 +191,21 @@ class Transformer(nn.Module):
   layer_mlp: Optional[Sequence[int]] = None    # per block, overriding `mlp_ratio`
 
   @nn.compact
-  def __call__(self, x, keep=None, return_hidden: bool = False):
+  def __call__(self, x, keep=None, return_hidden: bool = False, masks=None):
+    """masks: {'hidden' [D], 'heads' [L, H], 'intermediate' [L, I]} or None."""
     check_layer_sizes(self.layers, self.layer_heads, self.layer_mlp, self.head_dim)
     block_cls = nn.remat(Block) if self.remat else Block
     hidden = []
+    x = constrain(x)
     for i in range(self.layers):
       heads = self.heads if self.layer_heads is None else int(self.layer_heads[i])
       mlp_dim = None if self.layer_mlp is None else int(self.layer_mlp[i])
+      block_masks = None if masks is None else {
+          'hidden': masks['hidden'], 'heads': masks['heads'][i],
+          'intermediate': masks['intermediate'][i]}
       x = block_cls(heads, self.mlp_ratio, self.act, self.dtype, self.causal,
-                    self.attention_impl, self.head_dim, mlp_dim, name=f'block_{i}')(x, keep)
+                    self.attention_impl, self.head_dim, mlp_dim, name=f'block_{i}')(
+                        x, keep, block_masks)
+      x = constrain(x)
       hidden.append(x)
     return (x, hidden) if return_hidden else x

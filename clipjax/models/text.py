@@ -4,7 +4,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from clipjax.models.layers import Transformer, layer_norm, logical_param
+from clipjax.models.layers import Transformer, constrain, layer_norm, logical_param
 
 
 def eot_positions(ids, eot_token_id: Optional[int]):
@@ -32,8 +32,9 @@ class TextTransformer(nn.Module):
   layer_mlp: Optional[tuple] = None
 
   @nn.compact
-  def __call__(self, ids):
-    """ids: [B, L] int32. Returns (pooled projected embedding [B, output_dim], tokens)."""
+  def __call__(self, ids, masks=None):
+    """ids: [B, L] int32; masks: structured masks (clipjax.models.layers).
+    Returns (pooled projected embedding [B, output_dim], tokens)."""
     if ids.shape[-1] > self.context_length:
       raise ValueError(f'text length {ids.shape[-1]} exceeds context_length {self.context_length}')
     embed = self.param('token_embed', logical_param(nn.initializers.normal(0.02), ('vocab', 'embed')),
@@ -41,12 +42,18 @@ class TextTransformer(nn.Module):
     pos = self.param('pos_embed', logical_param(nn.initializers.normal(0.01), (None, 'embed')),
                      (self.context_length, self.width))
     length = ids.shape[-1]
-    x = (jnp.take(embed, ids, axis=0) + pos[:length]).astype(self.dtype)
+    # The lookup reads whole rows: gather the table (as FSDP gathers every weight) so the
+    # rows land batch-sharded, not split the way the table is.
+    x = (jnp.take(constrain(embed, (None, None)), ids, axis=0) + pos[:length]).astype(self.dtype)
+    hidden = None if masks is None else masks['hidden']
+    if hidden is not None:
+      x = x * hidden
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
                     causal=True, attention_impl=self.attention_impl, head_dim=self.head_dim,
-                    layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(x)
-    x = layer_norm('ln_final', dtype=self.dtype)(x)
+                    layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(
+                        x, masks=masks)
+    x = layer_norm('ln_final', dtype=self.dtype)(x, hidden)
     pooled = x[jnp.arange(x.shape[0]), eot_positions(ids, self.eot_token_id)]
     proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),
                       (self.width, self.output_dim))
-    return pooled @ proj.astype(self.dtype), x
+    return constrain(pooled @ proj.astype(self.dtype), ('batch', 'act_embed')), x

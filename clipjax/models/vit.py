@@ -4,7 +4,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from clipjax.models.layers import MLP, Transformer, attention, layer_norm, logical_param
+from clipjax.models.layers import (MLP, Transformer, attention, constrain, layer_norm,
+                                   logical_param)
 
 
 class MAPHead(nn.Module):
@@ -53,8 +54,9 @@ class VisionTransformer(nn.Module):
   layer_mlp: Optional[tuple] = None
 
   @nn.compact
-  def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None):
-    """images: [B, H, W, 3] normalised; keep_indices: [B, K] patch indices to keep.
+  def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None, masks=None):
+    """images: [B, H, W, 3] normalised; keep_indices: [B, K] patch indices to keep;
+    masks: structured masks (clipjax.models.layers), 'cls' or 'gap' pooling.
 
     Returns (pooled projected embedding [B, output_dim], tokens [B, T, width]).
     """
@@ -78,14 +80,20 @@ class VisionTransformer(nn.Module):
                        (self.width,)).astype(self.dtype)
       cls = jnp.broadcast_to(cls + pos[0], (b, 1, self.width))
       x = jnp.concatenate([cls, x], axis=1)
-    x = layer_norm('ln_pre', dtype=self.dtype)(x)
+    hidden = None if masks is None else masks['hidden']
+    if hidden is not None:
+      x = x * hidden
+    x = layer_norm('ln_pre', dtype=self.dtype)(x, hidden)
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
                     attention_impl=self.attention_impl, head_dim=self.head_dim,
-                    layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(x)
+                    layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(
+                        x, masks=masks)
     if self.pool == 'cls':
-      pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0])
+      pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0], hidden)
     elif self.pool == 'gap':
-      pooled = layer_norm('ln_post', dtype=self.dtype)(x.mean(axis=1))
+      pooled = layer_norm('ln_post', dtype=self.dtype)(x.mean(axis=1), hidden)
+    elif masks is not None:
+      raise ValueError(f'Structured masks support pool "cls" and "gap", not {self.pool!r}')
     elif self.pool == 'map':
       pooled = MAPHead(self.heads, self.mlp_ratio, self.act, self.dtype, name='map_head')(
           layer_norm('ln_post', dtype=self.dtype)(x))
@@ -93,4 +101,4 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'Unknown vision pool {self.pool!r}; use cls, map or gap.')
     proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),
                       (self.width, self.output_dim))
-    return pooled @ proj.astype(self.dtype), x
+    return constrain(pooled @ proj.astype(self.dtype), ('batch', 'act_embed')), x

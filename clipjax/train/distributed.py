@@ -204,9 +204,3 @@ def sum_counts(counts: dict) -> dict:
     total.update(json.loads(bytes(row[:size]).decode()))
   return dict(total)
 
-
-def fetch(tree):
-  """Host numpy copy of a (possibly sharded over several processes) tree, on every process."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,4 +1,11 @@
-"""The training loop: build, restore, step, log, evaluate, checkpoint. Method-agnostic."""
+"""The training loop: build, restore, step, run hooks, log, evaluate, checkpoint.
+
+Method-agnostic: it reaches a method only through `clipjax.methods` (registry and
+interface). The model, optimizer and compiled step are built from a config (`_build`)
+once, and again at a stage boundary or when a method's hook restructures its model; the
+workdir's `restructure.json` records those changes, so a resume rebuilds the model that
+the restored checkpoint holds.
+"""
 import json
 import logging
 import math
@@ -13,17 +20,17 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from clipjax import convert, evaluate, sharding
+from clipjax import convert, evaluate, features, sharding
 from clipjax.convert import native
-from clipjax.evaluate import report
 from clipjax.data import pipeline
 from clipjax.data.tokenizer import Tokenizer
-from clipjax.methods import get_method
-from clipjax.train import distributed
+from clipjax.evaluate import report
+from clipjax.methods import Method, get_method
+from clipjax.train import distributed, stages
 from clipjax.train.checkpoint import Checkpointer, abstract_like
 from clipjax.train.metrics import MetricWriter
-from clipjax.train.optimizer import make_optimizer
-from clipjax.train.state import TrainState
+from clipjax.train.optimizer import is_frozen, make_optimizer
+from clipjax.train.state import TrainState, merge, split
 from clipjax.train.step import make_train_step
 
 log = logging.getLogger(__name__)
@@ -50,15 +57,16 @@ def load_tokenizer(config, workdir: Path, source) -> Tokenizer:
 VOCAB_MULTIPLE = 128
 
 
-def resolve_config(config, tokenizer: Tokenizer) -> ml_collections.ConfigDict:
-  """Copy of the config with the model's vocabulary taken from the tokenizer.
+def resolve_config(config, tokenizer) -> ml_collections.ConfigDict:
+  """Copy of the config with the model's vocabulary taken from the tokenizer, if any.
 
   The embedding table is padded to a multiple of 128 rows (as Megatron and MaxText do):
   a BPE trained on few captions has an arbitrary size that the `tensor` axis may not divide.
   """
   config = ml_collections.ConfigDict(config.to_dict())
-  config.model.vocab_size = -(-tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-  config.model.eot_token_id = tokenizer.eot_id
+  if tokenizer is not None:
+    config.model.vocab_size = -(-tokenizer.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    config.model.eot_token_id = tokenizer.eot_id
   return config
 
 
@@ -66,142 +74,227 @@ def merge_config(config, updates: dict) -> ml_collections.ConfigDict:
   """Copy of `config` with nested `updates` written in (an empty dict replaces a node)."""
   config = ml_collections.ConfigDict(config.to_dict())
 
-  def merge(node, tree):
+  def merge_into(node, tree):
     for key, value in tree.items():
       if isinstance(value, dict) and value and isinstance(node.get(key), ml_collections.ConfigDict):
-        merge(node[key], value)
+        merge_into(node[key], value)
       else:
         node[key] = value
-  merge(config, updates)
+  merge_into(config, updates)
   return config
 
 
 RESTRUCTURE_FILE = 'restructure.json'
+EXPORT_DIR = 'export'
+
+
+class HookContext:
+  """What hooks get (the interface is `clipjax.methods.HookContext`)."""
+
+  def __init__(self, trainer: 'Trainer'):
+    self._trainer = trainer
+
+  @property
+  def config(self):
+    return self._trainer.config
+
+  @property
+  def mesh(self):
+    return self._trainer.mesh
+
+  @property
+  def workdir(self):
+    return self._trainer.workdir
+
+  def features(self, state, fn, indices, *, transform=None, seed: int = 0) -> dict:
+    return self._trainer.feature_pass(state, fn, indices, transform=transform, seed=seed)
+
+  def restructure(self, state, updates: dict, *, params, aux=None, mutables=None):
+    return self._trainer.restructure(state, updates, params=params, aux=aux, mutables=mutables)
 
 
 class Trainer:
-  """Everything a run needs; `train()` and `evaluate()` drive it.
-
-  The model, optimizer and compiled step are built from the config (`_build`) once, and
-  again if the method restructures its model mid-run (`restructure`); the workdir's
-  `restructure.json` records the change so a resume past it rebuilds the same model.
-  """
+  """Everything a run needs; `train()`, `evaluate_checkpoint()` and `export_checkpoint()`
+  drive it."""
 
   def __init__(self, config, workdir, devices=None):
     self.workdir = Path(workdir).absolute()  # orbax refuses relative checkpoint paths
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
+    self.stages = stages.plan(config)
+    self.total_steps = self.stages[-1].end
     self.source = pipeline.make_source(config.data, image_size=config.model.image_size)
-    self.tokenizer = load_tokenizer(config, self.workdir, self.source)
+    self.tokenizer = (load_tokenizer(config, self.workdir, self.source)
+                      if get_method(config.method).text_tower else None)
     self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
-    config = resolve_config(config, self.tokenizer)
-    self.restructured_at = None
     record_path = self.workdir / RESTRUCTURE_FILE
-    latest = self.checkpointer.latest_step()
-    if record_path.exists() and latest is not None:
-      record = json.loads(record_path.read_text())
-      if latest > record['step']:
-        config = merge_config(config, record['config'])
-        self.restructured_at = record['step']
+    self.records = json.loads(record_path.read_text()) if record_path.exists() else []
     self._evaluators = None
-    self._build(config)
+    self.hook_context = HookContext(self)
+    latest = self.checkpointer.latest_step() or 0
+    self._build_for(stages.holding(self.stages, latest), latest)
 
-  def _build(self, config) -> None:
-    self.config = config
-    self.method = get_method(config.method)(config, mesh=self.mesh)
+  # ------------------------------------------------------------------ building
+
+  def _build_for(self, stage, step: int) -> None:
+    """Builds what `stage` trains after `step` steps: its config with the restructures
+    recorded before `step` merged in."""
+    config, rebuilt = resolve_config(stage.config, self.tokenizer), stage.start
+    for record in self.records:
+      if stage.start <= record['step'] < step:
+        config, rebuilt = merge_config(config, record['config']), record['step']
+    self._build(config, stage, rebuilt)
+
+  def _build(self, config, stage, rebuilt: int) -> None:
+    self.config, self.stage = config, stage
+    self.method = get_method(config.method)(config, mesh=self.mesh, tokenizer=self.tokenizer)
     self.model = self.method.model
-
+    accum = config.get('grad_accum_steps', 1)
+    if accum > 1 and type(self.method).loss is not Method.loss:
+      raise ValueError(f'config.grad_accum_steps={accum}: method {config.method!r} computes '
+                       'its loss in one piece (it overrides Method.loss); use 1')
+    rules, mesh = config.sharding_rules, self.mesh
+    method_rules = self.method.optim_rules()
+    frozen_rule = is_frozen(config.optim, method_rules)
     rng = jax.random.PRNGKey(config.seed)
-    init_rng, aux_rng, state_rng = jax.random.split(rng, 3)
-    boxed = jax.eval_shape(self.method.init_variables, init_rng)['params']
-    param_sharding = sharding.logical_to_sharding(boxed, self.mesh, config.sharding_rules)
-    abstract_params = nn.unbox(boxed)
-    self.tx, self.lr_schedule = make_optimizer(config.optim, abstract_params, config.total_steps,
-                                               start_step=self.restructured_at or 0)
+    self._init_rngs = jax.random.split(rng, 3)
 
-    def init_state(rng_init, rng_aux, rng_state):
-      params = nn.unbox(self.method.init_variables(rng_init)['params'])
-      return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                        opt_state=self.tx.init(params),
-                        aux=self.method.init_aux(params, rng_aux), rng=rng_state)
+    def init_boxed(rng_init, rng_aux):
+      variables = self.method.init(rng_init)
+      return variables, self.method.init_aux(variables, rng_aux)
 
-    abstract = jax.eval_shape(init_state, init_rng, aux_rng, state_rng)
-    repl = sharding.replicated(self.mesh)
-    opt_sharding = sharding.like_params(abstract.opt_state, abstract.params, param_sharding, repl)
+    boxed_vars, boxed_aux = jax.eval_shape(init_boxed, *self._init_rngs[:2])
+    var_shardings = sharding.logical_to_sharding(boxed_vars, mesh, rules)
+    param_sh, frozen_sh = split(var_shardings['params'], frozen_rule)
+    trainable, _ = split(nn.unbox(boxed_vars)['params'], frozen_rule)
+    if not trainable:
+      raise ValueError(f'config.optim.rules {list(config.optim.get("rules") or [])} freeze '
+                       'every parameter')
+    self.tx, schedule = make_optimizer(config.optim, trainable, stage.end - stage.start,
+                                       method_rules=method_rules, offset=rebuilt - stage.start)
+
+    def init_state(rng_init, rng_aux, rng_state, step):
+      variables, aux = nn.unbox(init_boxed(rng_init, rng_aux))
+      params, frozen = split(variables.pop('params'), frozen_rule)
+      return TrainState(step=step, params=params, frozen=frozen, mutables=variables, aux=aux,
+                        opt_state=self.tx.init(params), rng=rng_state)
+
+    abstract = jax.eval_shape(init_state, *self._init_rngs, jnp.int32(0))
+    repl = sharding.replicated(mesh)
     self.state_sharding = TrainState(
-        step=repl, params=param_sharding, opt_state=opt_sharding,
-        aux=jax.tree_util.tree_map(lambda _: repl, abstract.aux), rng=repl)
+        step=repl, params=param_sh, frozen=frozen_sh,
+        mutables={k: v for k, v in var_shardings.items() if k != 'params'},
+        aux=sharding.logical_to_sharding(boxed_aux, mesh, rules),
+        opt_state=sharding.like_params(abstract.opt_state, abstract.params, param_sh, repl),
+        rng=repl)
     self.abstract_state = abstract_like(abstract, self.state_sharding)
     self._init_state = jax.jit(init_state, out_shardings=self.state_sharding)
-    self._init_rngs = (init_rng, aux_rng, state_rng)
+    self.learning_rate = lambda step: schedule(step - stage.start)
     self.train_step = jax.jit(
-        make_train_step(self.method, self.tx, self.lr_schedule, config.get('grad_accum_steps', 1)),
-        in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh)),
+        sharding.with_rules(make_train_step(self.method, self.tx, self.learning_rate, accum),
+                            mesh, rules),
+        in_shardings=(self.state_sharding, sharding.batch_sharding(mesh)),
         out_shardings=(self.state_sharding, repl), donate_argnums=0)
     self._encoder = None
+    self._feature_fns = {}
+    self._expected_batch = {k: (v.shape[1:], v.dtype)
+                            for k, v in self.method.example_batch(1).items()}
 
-  def restructure(self, state):
-    """The method's change of model at `method.restructure_step` (TinyCLIP's prune): its
-    new params and aux, a rebuilt model and step, and a fresh optimizer state."""
+  def initial_state(self, step: int = 0, previous=None):
+    """A fresh state at `step`; `config.init_from` entries then overwrite parts of the model
+    from checkpoints, and the method prepares it (from `previous` params, or the native
+    folder `config.previous_stage`)."""
+    state = self._init_state(*self._init_rngs, jnp.int32(step))
+    if self.config.get('init_from'):
+      merged_sharding = merge(self.state_sharding.params, self.state_sharding.frozen)
+      state = state.with_params(convert.init_params(
+          state.variables()['params'], self.config.init_from, merged_sharding))
+    if previous is None and self.config.get('previous_stage'):
+      previous = native.load_native(self.config.previous_stage)[1]
+    return self.method.prepare(state, previous)
+
+  def restructure(self, state, updates: dict, *, params, aux=None, mutables=None):
+    """A method's change of model (TinyCLIP's prune): a rebuilt model, optimizer and step
+    from the config with `updates`, holding `params` and `aux`/`mutables` (None: fresh),
+    with a fresh optimizer state; recorded for resumes."""
     step = int(jax.device_get(state.step))
-    params, aux, updates = self.method.restructure(distributed.fetch(state.params), state.aux)
+    self.records = [r for r in self.records if r['step'] < step] + [dict(step=step, config=updates)]
     if jax.process_index() == 0:
-      report.atomic_write(self.workdir / RESTRUCTURE_FILE,
-                          json.dumps(dict(step=step, config=updates), indent=2))
-    self.restructured_at = step
-    self._build(merge_config(self.config, updates))
-    abstract = self.abstract_state
-    for name, tree, like in (('params', params, abstract.params), ('aux', aux, abstract.aux)):
-      got = jax.tree_util.tree_map(np.shape, tree)
-      want = jax.tree_util.tree_map(lambda a: a.shape, like)
-      if got != want:
-        raise ValueError(f'{type(self.method).__name__}.restructure returned {name} that do not '
-                         f'fit the restructured model {updates}: {got} vs {want}')
-    params = sharding.place_like(params, abstract.params)
-    opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
+      report.atomic_write(self.workdir / RESTRUCTURE_FILE, json.dumps(self.records, indent=2))
+    self._build_for(self.stage, step + 1)
+    fresh = self._init_state(*self._init_rngs, jnp.int32(step))
+    try:
+      new = fresh.with_params(params).replace(rng=state.rng)
+      for name, value in (('aux', aux), ('mutables', mutables)):
+        if value is not None:
+          new = new.replace(**{name: sharding.place_like(value, getattr(fresh, name))})
+    except (KeyError, ValueError, TypeError) as e:
+      raise ValueError(f'{type(self.method).__name__} restructured at step {step} into '
+                       f'something that does not fit the model {updates}: {e}') from e
     log.info('Restructured at step %d: %s', step, updates)
-    return TrainState(step=state.step, params=params, opt_state=opt_state,
-                      aux=sharding.place_like(aux, abstract.aux), rng=state.rng)
+    return new
 
-  def export(self, params, folder) -> Path:
-    """The model, its spec and tokenizer as a native folder (what `clipjax.convert` and
+  def next_stage(self, state):
+    """At the end of a stage: export its model, then build the next stage from it."""
+    step = int(jax.device_get(state.step))
+    done = self.stage
+    model, params = self.method.export(state)
+    folder = self.write_export(model, params, self.workdir / f'stage_{done.index}')
+    self._build_for(stages.training(self.stages, step), step)
+    log.info('Stage %d finished at step %d (exported to %s); stage %d begins', done.index,
+             step, folder, self.stage.index)
+    return self.initial_state(step, previous=params)
+
+  def run_hooks(self, state):
+    """Stage boundary and the method's hooks due at `state.step` -> (state, whether any ran)."""
+    step = int(jax.device_get(state.step))
+    ran = False
+    if step == self.stage.end < self.total_steps:
+      state, ran = self.next_stage(state), True
+    for hook in self.method.hooks():
+      if hook.due(step - self.stage.start):
+        state, ran = hook.fn(self.hook_context, state), True
+    return state, ran
+
+  def feature_pass(self, state, fn, indices, *, transform=None, seed: int = 0) -> dict:
+    """`HookContext.features`: fn jitted once per build, under the activation rules."""
+    if fn not in self._feature_fns:
+      self._feature_fns[fn] = sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
+    example = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self._expected_batch.items()}
+    return features.feature_pass(
+        self._feature_fns[fn], (state,), self.method.source(self.source),
+        transform or self.method.transform(), indices, mesh=self.mesh,
+        batch_size=self.config.get('eval_batch_size', 256), example=example, seed=seed)
+
+  # ------------------------------------------------------------------ outputs
+
+  def write_export(self, model, params, folder) -> Path:
+    """A model, its spec and the tokenizer as a native folder (what `clipjax.convert` and
     teachers read), written beside `folder` and renamed into place. Every process calls it."""
     folder = Path(folder).absolute()
-    params = distributed.fetch(params)
     if jax.process_index() == 0:
       tmp = folder.with_name(folder.name + '.tmp')
       shutil.rmtree(tmp, ignore_errors=True)
-      native.save(self.model, params, str(tmp), self.tokenizer)
+      native.save(model, params, str(tmp), self.tokenizer)
       shutil.rmtree(folder, ignore_errors=True)
       tmp.rename(folder)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'export {folder}')
     return folder
 
-  def initial_state(self):
-    """Fresh state; `config.init_from` entries then overwrite towers from checkpoints."""
-    state = self._init_state(*self._init_rngs)
-    if self.config.get('init_from'):
-      state = state.replace(params=convert.init_params(
-          state.params, self.config.init_from, self.state_sharding.params))
-    return self.method.prepare(state)
-
-  def make_loader(self):
-    c = self.config
-    return pipeline.make_train_loader(
-        self.source, tokenizer=self.tokenizer, context_length=c.model.context_length,
-        image_size=c.model.image_size, global_batch_size=c.batch_size, seed=c.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        **pipeline.loader_kwargs(c.data))
-
-  def restore_or_init(self, loader):
-    step = self.checkpointer.latest_step()
+  def restore(self, step):
+    """The checkpoint at `step` (default latest) on the model it holds."""
+    step = self.checkpointer.latest_step() if step is None else step
     if step is None:
-      return self.initial_state()
-    log.info('Resuming from %s step %d', self.checkpointer.manager.directory, step)
-    state, data_state = self.checkpointer.restore(self.abstract_state, step)
-    loader.set_state(data_state)
-    return state
+      raise FileNotFoundError(f'No checkpoint in {self.workdir / "checkpoints"}')
+    self._build_for(stages.holding(self.stages, step), step)
+    return self.checkpointer.restore(self.abstract_state, step)
+
+  def export_checkpoint(self, folder=None, step=None) -> Path:
+    """`--config.mode=export`: the latest (or given) checkpoint's model to `folder`
+    (default `workdir/export`)."""
+    state, _ = self.restore(step)
+    return self.write_export(*self.method.export(state), folder or self.workdir / EXPORT_DIR)
 
   def check_finite(self, step: int, metrics: dict) -> None:
     """Stops the run, naming the step, when the loss or the parameters went non-finite."""
@@ -220,36 +313,61 @@ class Trainer:
     self.checkpointer.save(step, state, loader.get_state())
 
   def evaluate(self, state) -> tuple:
-    """Runs the configured evaluators on `state.params` -> (flat `name/metric` values, arrays)."""
+    """Runs the configured evaluators on the method's view -> (flat `name/metric`, arrays)."""
     if not self.config.get('evals'):
       return {}, {}
     if self._evaluators is None:
       self._evaluators = evaluate.build_evaluators(self.config.evals)
-    model, params = self.method.eval_view(state.params)
+    view = self.method.eval_view(state)
     if self._encoder is None:
+      batch_size = self.config.get('eval_batch_size', 256)
+      sharded = batch_size % self.mesh.size == 0
+      if sharded:  # the towers' activation constraints apply to whole batches only
+        wrap = lambda fn: sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
+        view = evaluate.EvalView(wrap(view.encode_image), wrap(view.encode_text), view.variables)
       self._encoder = evaluate.Encoder(
-          model, params, self.tokenizer, context_length=self.config.model.context_length,
-          image_size=self.config.model.image_size, batch_sharding=sharding.batch_sharding(self.mesh)
-          if self.config.get('eval_batch_size', 256) % self.mesh.size == 0 else None,
-          batch_size=self.config.get('eval_batch_size', 256))
-    self._encoder.params = params
+          view, self.tokenizer, context_length=self.config.model.context_length,
+          image_size=self.config.model.image_size, batch_size=batch_size,
+          batch_sharding=sharding.batch_sharding(self.mesh) if sharded else None)
+    self._encoder.variables = view.variables
     details = {}
     return evaluate.run_evaluators(self._evaluators, self._encoder, details), details
 
   def evaluate_checkpoint(self, step=None) -> dict:
     """`--config.mode=eval`: the latest (or given) checkpoint's evals, written to eval.json."""
-    step = self.checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint to evaluate in {self.workdir / "checkpoints"}')
-    if self.restructured_at is not None and step <= self.restructured_at:
-      raise ValueError(f'Checkpoint {step} precedes the restructure at step '
-                       f'{self.restructured_at} ({self.workdir / RESTRUCTURE_FILE}): it holds '
-                       'the model before it; evaluate a later step')
-    state, _ = self.checkpointer.restore(self.abstract_state, step)
+    state, _ = self.restore(step)
+    step = int(jax.device_get(state.step))
     results, details = self.evaluate(state)
     MetricWriter(self.workdir, enabled=jax.process_index() == 0).write_eval(
         step, results, details, history=False)
     return results
+
+  # ------------------------------------------------------------------ the loop
+
+  def make_loader(self):
+    c = self.config
+    return pipeline.make_train_loader(
+        self.method.source(self.source), self.method.transform(), global_batch_size=c.batch_size,
+        seed=c.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        **pipeline.loader_kwargs(c.data))
+
+  def global_batch(self, local: dict) -> dict:
+    """The process's rows as one global array per key, checked against the keys, shapes
+    and dtypes the method declares (`Method.example_batch`)."""
+    got = {k: (np.shape(v)[1:], np.asarray(v).dtype) for k, v in local.items()}
+    if got != self._expected_batch:
+      raise ValueError(f'{type(self.method).__name__}.transform made batches {got}, but the '
+                       f'method declares {self._expected_batch} (example_batch)')
+    return sharding.global_batch(local, self.mesh)
+
+  def restore_or_init(self, loader):
+    step = self.checkpointer.latest_step()
+    if step is None:
+      return self.initial_state()
+    log.info('Resuming from %s step %d', self.checkpointer.manager.directory, step)
+    state, data_state = self.checkpointer.restore(self.abstract_state, step)
+    loader.set_state(data_state)
+    return state
 
   def train(self) -> dict:
     c = self.config
@@ -263,19 +381,20 @@ class Trainer:
     preemption = distributed.PreemptionWatch()
     it = iter(loader)
     last, evals = {}, {}
-    progress = writer.progress(start, c.total_steps)
+    progress = writer.progress(start, self.total_steps)
     t0, n0 = time.perf_counter(), start
-    first_step = start + 1  # throughput excludes compilation, also after a restructure
+    first_step = start + 1  # throughput excludes compilation, also after a rebuild
     try:
-      for step in range(start + 1, c.total_steps + 1):
-        if self.method.restructure_step == step - 1:
-          state, first_step = self.restructure(state), step
+      for step in range(start + 1, self.total_steps + 1):
+        state, ran = self.run_hooks(state)
+        if ran:
+          first_step = step
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = sharding.global_batch(next(it), self.mesh)
+          batch = self.global_batch(next(it))
           state, metrics = self.train_step(state, batch)
-        final = step == c.total_steps
+        stage_end = step == self.stage.end
         preempted = preemption.reached(step)
-        if step % c.log_every == 0 or final or preempted:
+        if step % c.log_every == 0 or stage_end or preempted:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           dt = time.perf_counter() - t0
           last['examples_per_sec'] = (step - n0) * c.batch_size / dt
@@ -284,11 +403,11 @@ class Trainer:
           writer.write(step, last)
           progress.update(step, last)
           self.check_finite(step, last)
-        if c.eval_every and (step % c.eval_every == 0 or final):
+        if c.eval_every and (step % c.eval_every == 0 or stage_end):
           evals, details = self.evaluate(state)
           writer.write_eval(step, evals, details)
           t0 = time.perf_counter()
-        if step % c.checkpoint_every == 0 or final or preempted:
+        if step % c.checkpoint_every == 0 or stage_end or preempted:
           self.save(state, loader, metrics)
         if preempted:
           log.warning('SIGTERM: checkpoint saved at step %d, exiting.', step)
@@ -301,6 +420,8 @@ class Trainer:
       preemption.close()
       progress.close()
       writer.close()
+    if len(self.stages) > 1 and int(jax.device_get(state.step)) == self.total_steps:
+      self.write_export(*self.method.export(state), self.workdir / f'stage_{self.stage.index}')
     if jax.process_index() == 0 and (self.workdir / 'metrics.jsonl').exists():
       report.plot_run(str(self.workdir))
     self.state = state

@@ -1,35 +1,34 @@
-"""Multi-stage runs: `config.stages` chains training runs, each starting from the last.
+"""Stages: `config.stages` splits one run into consecutive stages (e.g. TinyCLIP's
+progressive 25% -> 50% -> 75% pruning).
 
-Every entry is a dict of dotted config overrides for one stage (e.g. TinyCLIP's
-progressive 25% -> 50% -> 75% pruning). Stage i trains in `workdir/stage_<i>` and ends by
-exporting its model as a native folder `workdir/stage_<i>/final` (written atomically),
-which the next stage receives as `config.previous_stage`; what a method does with it is
-its own (`Method.prepare`: continue from it; TinyCLIP: inherit from it or expand it into
-its masked full model). Re-running the same command resumes the chain: finished stages
-(those with `final`) are skipped and the current one resumes from its checkpoint.
+Every entry is a dict of dotted config overrides for one stage; stage i trains
+`total_steps` steps of its own config with its own schedule, one after the other in the
+same run (one workdir, one metrics file, one checkpoint series). At a stage's end the
+loop exports its model to `workdir/stage_<i>` and builds the next stage's model from it
+(`Method.prepare(state, previous=...)`: continue from it; TinyCLIP: inherit from it or
+expand it into its masked full model) with a fresh optimizer, the same rebuild a method's
+mid-run restructure uses. A run killed anywhere resumes where it stopped.
 """
-import logging
-from pathlib import Path
+import dataclasses
 
-import jax
+import ml_collections
 
-from clipjax.convert import native
-from clipjax.train.loop import Trainer
 
-log = logging.getLogger(__name__)
-FINAL = 'final'
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  index: int   # from 1
+  start: int   # global step before its first step
+  end: int     # global step after its last step
+  config: ml_collections.ConfigDict
 
 
 def stage_configs(config) -> list:
   """The full config of every stage: the base with its overrides, `stages` removed."""
-  stages = list(config.stages)
-  if not stages:
-    raise ValueError('config.stages is empty')
   base = config.copy_and_resolve_references()
   base.unlock()
   base.stages = []
   out = []
-  for i, overrides in enumerate(stages, 1):
+  for i, overrides in enumerate(config.get('stages') or [{}], 1):
     stage = base.copy_and_resolve_references()
     stage.lock()  # overrides may change keys, not invent them (typos fail here)
     try:
@@ -41,27 +40,23 @@ def stage_configs(config) -> list:
   return out
 
 
-def run(config, workdir) -> dict:
-  """Trains the stages in order (resuming where the chain stopped); returns the last
-  stage's final metrics, or {} if a stage was preempted (re-run to continue)."""
-  workdir = Path(workdir).absolute()
-  previous, results = '', {}
+def plan(config) -> list:
+  """The run's stages with their global step ranges (one stage when `stages` is empty)."""
+  out, start = [], 0
   for i, stage in enumerate(stage_configs(config), 1):
-    stage_dir = workdir / f'stage_{i}'
-    final = stage_dir / FINAL
-    stage.previous_stage = previous
-    if previous and not stage.tokenizer.path:  # one vocabulary for the whole chain
-      stage.tokenizer.path = previous
-    if (final / native.SPEC_FILE).exists():
-      log.info('Stage %d already finished (%s)', i, final)
-      previous = str(final)
-      continue
-    trainer = Trainer(stage, stage_dir)
-    results = trainer.train()
-    if int(jax.device_get(trainer.state.step)) < stage.total_steps:
-      log.warning('Stage %d stopped at step %d of %d; run again to resume.', i,
-                  int(jax.device_get(trainer.state.step)), stage.total_steps)
-      return {}
-    trainer.export(trainer.state.params, final)
-    previous = str(final)
-  return results
+    if stage.total_steps < 1:
+      raise ValueError(f'stage {i}: total_steps={stage.total_steps} must be positive')
+    out.append(Stage(i, start, start + stage.total_steps, stage))
+    start += stage.total_steps
+  return out
+
+
+def training(stages: list, step: int) -> Stage:
+  """The stage that trains the step after `step`."""
+  return next((s for s in stages if s.start <= step < s.end), stages[-1])
+
+
+def holding(stages: list, step: int) -> Stage:
+  """The stage whose model a state after `step` steps holds (at a boundary: the one that
+  just ended; the next begins once the loop moves on)."""
+  return next((s for s in stages if s.start < step <= s.end), stages[0])
