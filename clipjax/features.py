@@ -1,26 +1,31 @@
 """A jitted function over chosen samples of a source, sharded over the mesh and every
 process: ProtoCLIP's episode features, and the same pass for analyses outside training.
 
-Every process reads its rows of each global batch (as the training pipeline's 'batch'
-split) and every sample's transform rng is a function of (seed, its position in
-`indices`) alone, so the result does not depend on the number of processes or devices.
+Every process reads exactly the rows of each global batch that its devices hold, and every
+sample's transform rng is a function of (seed, its position in `indices`) alone, so the
+result does not depend on the number of processes or devices, nor on how the mesh lays
+the batch out over them.
 """
+import functools
+
 import grain
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from clipjax import sharding
-from clipjax.data.sources import SKIP_KEY, BadSample
+from clipjax.data.pipeline import Apply
+from clipjax.data.sources import SKIP_KEY
+
+VALID = '_valid'
 
 
 class _Rows:
-  """This process's transformed samples: row k is `indices[positions[k]]`, its rng a
-  function of its position (picklable)."""
+  """This process's transformed samples: element k is `indices[positions[k]]`, its rng a
+  function of its position; None for a sample that could not be read (picklable)."""
 
   def __init__(self, source, transform, indices, positions, seed: int):
-    self.source, self.transform, self.seed = source, transform, seed
+    self.source, self.apply, self.seed = source, Apply(transform), seed
     self.indices, self.positions = indices, positions
 
   def __len__(self):
@@ -28,13 +33,18 @@ class _Rows:
 
   def __getitem__(self, k: int):
     position = int(self.positions[k])
-    record = self.source[int(self.indices[position])]
-    if SKIP_KEY in record:
-      return None
-    try:
-      return self.transform(record, np.random.default_rng([self.seed, int(position)]))
-    except BadSample:
-      return None
+    row = self.apply(self.source[int(self.indices[position])],
+                     np.random.default_rng([self.seed, position]))
+    return None if SKIP_KEY in row else row
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(fn, mesh):
+  """fn and the batch's validity, both gathered to every device (compiled once per fn)."""
+  def run(args, batch):
+    valid = batch.pop(VALID)
+    return fn(*args, batch), valid
+  return jax.jit(run, out_shardings=NamedSharding(mesh, P()))
 
 
 def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_size: int,
@@ -42,41 +52,42 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
   """`fn(*args, batch) -> {name: [B, ...]}` over `transform(source[i], rng)` for i in
   `indices`, in global batches of `batch_size` split over the mesh's batch axes.
 
-  `fn` is jitted here (pass the same object to reuse its compilation); `args` are its
-  device arrays (a train state). `example`: one row of zeros with the transform's keys,
-  shapes and dtypes, which stands in for skipped samples. Every process gets
-  {name: np.ndarray [len(indices), ...]} in the order of `indices`, plus 'valid' (bool):
-  False where a sample could not be read (its rows hold fn's output on zeros).
+  `fn` is jitted here, once (pass the same object again to reuse its compilation);
+  `args` are its device arrays (a train state). `example`: one row of zeros with the
+  transform's keys, shapes and dtypes, which stands in for samples that cannot be read.
+  Every process gets {name: np.ndarray [len(indices), ...]} in the order of `indices`,
+  plus 'valid' (bool): False where a sample could not be read (its rows hold fn's output
+  on zeros).
   """
   if not hasattr(source, '__getitem__') or hasattr(source, 'shards'):
     raise ValueError(f'feature_pass needs a random-access source (synthetic, csv, '
                      f'array_record), got {source!r}')
-  count, index = jax.process_count(), jax.process_index()
-  if batch_size % count:
-    raise ValueError(f'feature_pass batch_size={batch_size} is not divisible by '
-                     f'{count} processes')
+  placement = sharding.batch_sharding(mesh)
+  held = sorted({row for index in placement.addressable_devices_indices_map(
+      (batch_size,)).values() for row in range(batch_size)[index[0]]})
   indices = np.asarray(indices, np.int64)
   n = len(indices)
   batches = -(-n // batch_size)
   padded = np.concatenate([indices, np.full(batches * batch_size - n, indices[0] if n else 0)])
-  rows = batch_size // count
-  positions = [b * batch_size + index * rows + r for b in range(batches) for r in range(rows)]
+  positions = [b * batch_size + r for b in range(batches) for r in held]
   reader = grain.MapDataset.source(_Rows(source, transform, padded, positions, seed))
-  reader = reader.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                    prefetch_buffer_size=2 * rows))
-  jitted = jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
-  outputs, valid = [], []
-  it = iter(reader)
-  for _ in range(batches):
-    local = [next(it) for _ in range(rows)]
-    valid.append([row is not None for row in local])
-    local = [example if row is None else row for row in local]
-    batch = {k: np.stack([np.asarray(row[k]) for row in local]) for k in example}
-    out = jitted(*args, sharding.global_batch(batch, mesh))
-    outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), out))
-  valid = np.asarray(valid, bool).reshape(batches, rows)
-  if count > 1:  # [process, batch, row] -> the global order
-    valid = np.swapaxes(multihost_utils.process_allgather(valid), 0, 1)
-  result = {k: np.concatenate([o[k] for o in outputs])[:n] for k in (outputs[0] if outputs else {})}
-  result['valid'] = valid.reshape(-1)[:n]
+  reader = iter(reader.to_iter_dataset(grain.ReadOptions(
+      num_threads=read_threads, prefetch_buffer_size=2 * len(held))))
+  example = dict(example, **{VALID: np.bool_(False)})
+  outputs = []
+  for b in range(batches):
+    rows = {}
+    for r in held:
+      row = next(reader)
+      ok = row is not None and b * batch_size + r < n
+      rows[r] = dict(row, **{VALID: np.bool_(True)}) if ok else example
+    batch = {key: jax.make_array_from_callback(
+        (batch_size,) + np.shape(value), placement,
+        lambda index, key=key: np.stack([rows[r][key] for r in range(batch_size)[index[0]]]))
+             for key, value in example.items()}
+    out, valid = _compiled(fn, mesh)(args, batch)
+    local = lambda x: np.asarray(x.addressable_data(0))
+    outputs.append((jax.tree_util.tree_map(local, out), local(valid)))
+  result = {k: np.concatenate([o[k] for o, _ in outputs])[:n] for k in outputs[0][0]}
+  result['valid'] = np.concatenate([v for _, v in outputs])[:n]
   return result

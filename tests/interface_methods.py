@@ -78,6 +78,12 @@ class EMACLIP(CLIP):
   def init_aux(self, variables, rng):
     return {'ema': variables['params']}  # boxed: sharded by the params' rules
 
+  def prepare(self, state, previous=None):
+    """The EMA starts from the weights the run starts from (loaded ones included)."""
+    state = super().prepare(state, previous)
+    ema = jax.tree_util.tree_map(jnp.copy, state.variables()['params'])  # no shared buffers
+    return state.replace(aux=dict(state.aux, ema=ema))
+
   def after_step(self, state):
     ema = jax.tree_util.tree_map(lambda e, p: self.decay * e + (1 - self.decay) * p,
                                  state.aux['ema'], state.variables()['params'])

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from clipjax import evaluate, sharding
+from clipjax import evaluate
 from clipjax.train.loop import Trainer
 from tests.test_multihost import finish, launch
 from tests.conftest import ROOT
@@ -126,8 +126,11 @@ def test_methods_import_nothing_from_the_training_loop():
   for path in (ROOT / 'clipjax/methods').glob('*.py'):
     tree = ast.parse(path.read_text())
     imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [f'{n.module}.{a.name}' for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) for a in n.names]
     imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in imported if m and m.startswith('clipjax.train')], path
+    assert 'clipjax.train' not in path.read_text(), path  # nor by name (importlib)
 
 
 # ---------------------------------------------------------------- sharding

@@ -55,18 +55,21 @@ def test_a_rule_schedule_ends_early_and_holds_zero_lit_style():
   np.testing.assert_allclose(textual[1], float(base(1)), rtol=1e-5)
 
 
-def test_ascent_and_clipping_by_rule():
+@pytest.mark.parametrize('visual_grad', [0.2, 2.0])
+def test_ascent_and_clipping_by_rule(visual_grad):
   """Adam with eps far above the gradients updates in proportion to them, which shows
   the clipping: only `clip=True` parameters count in (and are scaled by) the global norm."""
   cfg = optim(lr=1.0, warmup_steps=0, weight_decay=0.0, b1=0.0, b2=0.0, eps=1e6, grad_clip=1.0,
               rules=[dict(match='textual/.*', ascent=True, clip=False),
                      dict(match='scale', clip=False)],)
   tx, _ = make_optimizer(cfg, PARAMS, total_steps=10, offset=0)
-  grads = {'visual': {'w': jnp.full((2, 2), 0.2), 'b': jnp.full(2, 0.2)},
+  grads = {'visual': {'w': jnp.full((2, 2), visual_grad), 'b': jnp.full(2, visual_grad)},
            'textual': {'w': jnp.full((2, 2), 100.0)}, 'scale': jnp.float32(100.0)}
   [u] = updates_over(tx, grads, 1)
-  # cosine at step 0 of 10 is the full rate; visual norm sqrt(6) * 0.2 < 1: not clipped.
-  np.testing.assert_allclose(u['visual']['w'], -0.2 / 1e6, rtol=1e-4)
+  # The cosine at step 0 is the full rate. The clipped leaves' norm is sqrt(6) * visual_grad:
+  # 0.49 stays, 4.9 is scaled to 1; the unclipped leaves' 200 counts in neither case.
+  clipped = visual_grad * min(1.0, 1.0 / (np.sqrt(6) * visual_grad))
+  np.testing.assert_allclose(u['visual']['w'], -clipped / 1e6, rtol=1e-4)
   np.testing.assert_allclose(u['textual']['w'], +100.0 / 1e6, rtol=1e-4)  # ascends, unclipped
   np.testing.assert_allclose(u['scale'], -100.0 / 1e6, rtol=1e-4)
 

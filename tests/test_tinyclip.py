@@ -249,7 +249,7 @@ def test_auto_mask_phase_trains_masks_and_multipliers(teacher_dir, tmp_path):
   masks = jax.device_get(state.params['l0']['masks'])
   assert all(np.all(np.abs(x) <= np.log(100) + 1e-6) for x in jax.tree_util.tree_leaves(masks))
   assert metrics[-1]['target_sparsity'] == pytest.approx(0.5)
-  pruned = trainer.method.pruned_params(state)
+  pruned, _ = trainer.method.pruned(state)
   assert 'l0' not in pruned and set(pruned) >= {'visual', 'textual'}
 
 

@@ -44,16 +44,18 @@ class HookContext(Protocol):
   mesh: Any
   workdir: Any
 
-  def features(self, state, fn: Callable, indices, *, transform=None, seed: int = 0) -> dict:
+  def features(self, state, fn: Callable, indices, *, transform=None, example=None,
+               seed: int = 0) -> dict:
     """`fn(state, batch) -> {name: [B, ...]}` over the training source's samples at
-    `indices` (the method's transform unless another is given), jitted and sharded over
-    the mesh and every process -> {name: np.ndarray [N, ...], 'valid': bool [N]} on
-    every process (clipjax.features.feature_pass)."""
+    `indices` (the method's transform and `example_batch` row unless others are given),
+    jitted and sharded over the mesh and every process -> {name: np.ndarray [N, ...],
+    'valid': bool [N]} on every process (clipjax.features.feature_pass)."""
 
   def restructure(self, state, updates: dict, *, params, aux=None, mutables=None):
     """A new model from the config with `updates` merged in, holding `params` (the whole
-    model's) and `aux`/`mutables` (None: their fresh initial values), with a fresh
-    optimizer whose schedule goes on; recorded, so a resume rebuilds the same model."""
+    model's) and `aux`/`mutables` (None: the new model's initial values, not prepared),
+    with a fresh optimizer whose schedule goes on; recorded, so a resume rebuilds the
+    same model. A hook that restructures is the last of its step."""
 
 
 class Method:
@@ -105,13 +107,14 @@ class Method:
     return self.model.init(rng, batch['image'], batch['text'])
 
   def init_aux(self, variables, rng) -> Any:
-    """Method state besides the model, from the boxed `variables`; boxed leaves are
+    """Method state besides the model, from the boxed `variables` (the random init:
+    `prepare` refreshes what must follow loaded weights, e.g. an EMA); boxed leaves are
     sharded by the logical rules, others replicated."""
     del variables, rng
     return {}
 
   def optim_rules(self) -> list:
-    """Optimizer rules this method's parameters need (clipjax/train/optimizer.py);
+    """Optimizer rules this method's parameters need (see the train optimizer's docs);
     the config's `optim.rules` come first and can override them."""
     return []
 
@@ -119,8 +122,9 @@ class Method:
     """Outside jit, on a fresh state: large state is loaded here (a teacher into aux,
     inherited weights into params) instead of being baked into the jitted init. Not
     called when resuming. `previous`: the params of the model this run continues
-    (`config.previous_stage`, or the previous stage of a chain); by default the run
-    continues from them."""
+    (`config.previous_stage`, or the previous one of `config.stages`); by default the run
+    continues from them. The step donates the state: copy what one part takes from
+    another (an EMA from the params) rather than share its buffers."""
     if previous is not None:
       state = state.with_params(previous)
     return state
@@ -137,8 +141,10 @@ class Method:
 
   def embed(self, variables, aux, batch, rng) -> tuple:
     """(per-example outputs {name: [B, ...]}, updated mutables or {}). `rng` is the
-    step's, the same for every micro-batch of an accumulated step: a random draw shared
-    by the batch then matches the unsplit step."""
+    step's, the same for every micro-batch of an accumulated step: a draw shared by the
+    whole batch (TinyCLIP's masks) then matches the unsplit step; per-example draws
+    (dropout, random token masks) must be keyed by something of the example, e.g. its
+    index, or micro-batches would repeat them."""
     del aux, rng
     out, mutables = self.apply(variables, batch['image'], batch['text'])
     return {k: out[k] for k in ('image_emb', 'text_emb')}, mutables

@@ -16,7 +16,7 @@ Config (`config.tinyclip`):
   inherit: '' (random init) or 'manual' (`inheritance.inherit`: interval-front layers,
     leading width slices, per-head q/k/v/out).
   inherit_from: checkpoint to inherit from ('' = the teacher, or the previous stage's
-    student in a chain of `config.stages`, or `config.previous_stage`); progressive
+    student in `config.stages`, or `config.previous_stage`); progressive
     stage 2 inherits from stage 1's student while the teacher stays the same.
   logit_scale: fixed multiplier for both student and teacher (official: 50); 0 uses the
     student's learned scale and the teacher's own.
@@ -30,7 +30,7 @@ Config (`config.tinyclip`):
     `prune_step` steps of the stage, a hook folds the deterministic masks into a dense
     student with per-layer head and neuron counts, and the run goes on with it and a
     fresh optimizer (official `train.py`; set `optim.warmup_steps = prune_step` for the
-    official schedule: warm-up until the prune, cosine after it). In a chain of
+    official schedule: warm-up until the prune, cosine after it). In
     `config.stages`, an auto stage starts from the full-size masked model holding the
     previous stage's pruned student (`l0.expand`, official `load_pruned_model`).
 """
@@ -56,7 +56,7 @@ class TinyCLIP(Method):
     if t.get('inherit', '') not in ('', 'manual'):
       raise ValueError(f'tinyclip.inherit={t.inherit!r}; use "" or "manual"')
     self.teacher_src, self.teacher_format = t.teacher, t.get('teacher_format') or None
-    self.teacher_model, self._teacher_params = teacher_model(self.teacher_src, self.teacher_format)
+    self.teacher_model = teacher_model(self.teacher_src, self.teacher_format)
     self._check_compatible()
     self.auto = dict(t.get('auto') or {})
     if self.auto:
@@ -116,11 +116,8 @@ class TinyCLIP(Method):
                  decay_mult=0.0, clip=False)]
 
   def prepare(self, state, previous=None):
-    teacher = self._teacher_params
-    if teacher is None:
-      teacher = load_teacher(self.teacher_src, self.teacher_format)[1]
-    self._teacher_params = None
-    teacher = sharding.place_like(teacher, state.aux['teacher'])
+    teacher = sharding.place_like(load_teacher(self.teacher_src, self.teacher_format),
+                                  state.aux['teacher'])
     params = state.variables()['params']
     model_params = {k: v for k, v in params.items() if k != 'l0'}
     t = self.config.tinyclip
@@ -129,7 +126,7 @@ class TinyCLIP(Method):
       params = dict(params, **full)
       params['l0'] = dict(params['l0'], masks=logas)
     elif t.get('inherit') == 'manual':
-      source = (load_teacher(t.inherit_from)[1] if t.get('inherit_from') else
+      source = (load_teacher(t.inherit_from) if t.get('inherit_from') else
                 previous if previous is not None else teacher)
       params = dict(params, **inheritance.inherit(jax.device_get(source),
                                                   jax.device_get(model_params)))
@@ -195,9 +192,7 @@ class TinyCLIP(Method):
 
   def prune(self, ctx, state):
     """At `prune_step`: the run goes on with the dense student (and the teacher)."""
-    pruned = self.pruned_params(state)
-    sizes = {tower: l0.pruned_sizes(pruned, t) for tower, t in (('vision', 'visual'),
-                                                               ('text', 'textual'))}
+    pruned, sizes = self.pruned(state)
     return ctx.restructure(state, {'model': sizes, 'tinyclip': {'auto': {}}}, params=pruned,
                            aux={'teacher': state.aux['teacher']})
 
@@ -216,20 +211,22 @@ class TinyCLIP(Method):
                                    method='encode_text'),
         {'params': params, 'masks': masks})
 
-  def pruned_params(self, state):
-    """The dense student of the mask phase: deterministic masks folded in (host arrays)."""
+  def pruned(self, state) -> tuple:
+    """The dense student of the mask phase, deterministic masks folded in (host arrays),
+    and its towers' sizes {'vision': ..., 'text': ...} (`l0.pruned_sizes`)."""
     params = sharding.fetch(state.variables()['params'])
     masks = l0.deterministic_masks(params['l0']['masks'])
-    return l0.prune({k: v for k, v in params.items() if k != 'l0'}, masks)
+    pruned = l0.prune({k: v for k, v in params.items() if k != 'l0'}, masks)
+    return pruned, {tower: l0.pruned_sizes(pruned, t) for tower, t in (('vision', 'visual'),
+                                                                      ('text', 'textual'))}
 
   def export(self, state):
     """In the mask phase, the student a prune now would leave."""
     if not self.auto:
       return super().export(state)
-    pruned = self.pruned_params(state)
-    sizes = {tower: dict(getattr(self.model, tower), **l0.pruned_sizes(pruned, t))
-             for tower, t in (('vision', 'visual'), ('text', 'textual'))}
-    return self.model.clone(**sizes), pruned
+    pruned, sizes = self.pruned(state)
+    return self.model.clone(**{tower: dict(getattr(self.model, tower), **size)
+                               for tower, size in sizes.items()}), pruned
 
 
 METHOD = TinyCLIP

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the whole train state plus the data iterator position.
+"""Orbax checkpoints of the whole train state, the data iterator position, and the run's
+record of model changes (restructures), which says what model the state is for.
 
 Orbax writes into a temporary directory and renames it when complete, so a run killed
 mid-write leaves the previous checkpoint as the latest one.
@@ -17,13 +18,18 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_state) -> None:
+  def save(self, step: int, state, data_state, run: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        run=ocp.args.JsonSave(run)))
 
-  def restore(self, abstract_state, step=None):
-    """Restores onto the shardings carried by `abstract_state` (any mesh, any device count)."""
-    step = self.latest_step() if step is None else step
+  def restore_run(self, step: int) -> dict:
+    """The run record saved with `step` (read before the state: it says which model)."""
+    return self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
+
+  def restore(self, abstract_state, step: int):
+    """(state, data position) onto the shardings carried by `abstract_state` (any mesh,
+    any device count)."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored['state'], restored['data']

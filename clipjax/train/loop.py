@@ -2,11 +2,10 @@
 
 Method-agnostic: it reaches a method only through `clipjax.methods` (registry and
 interface). The model, optimizer and compiled step are built from a config (`_build`)
-once, and again at a stage boundary or when a method's hook restructures its model; the
-workdir's `restructure.json` records those changes, so a resume rebuilds the model that
-the restored checkpoint holds.
+once, and again at a stage boundary or when a method's hook restructures its model.
+Every checkpoint carries the run's restructures (`records`), so a resume rebuilds the
+model the restored state holds before reading it.
 """
-import json
 import logging
 import math
 import shutil
@@ -84,7 +83,6 @@ def merge_config(config, updates: dict) -> ml_collections.ConfigDict:
   return config
 
 
-RESTRUCTURE_FILE = 'restructure.json'
 EXPORT_DIR = 'export'
 
 
@@ -106,8 +104,9 @@ class HookContext:
   def workdir(self):
     return self._trainer.workdir
 
-  def features(self, state, fn, indices, *, transform=None, seed: int = 0) -> dict:
-    return self._trainer.feature_pass(state, fn, indices, transform=transform, seed=seed)
+  def features(self, state, fn, indices, *, transform=None, example=None, seed: int = 0):
+    return self._trainer.feature_pass(state, fn, indices, transform=transform, example=example,
+                                      seed=seed)
 
   def restructure(self, state, updates: dict, *, params, aux=None, mutables=None):
     return self._trainer.restructure(state, updates, params=params, aux=aux, mutables=mutables)
@@ -127,14 +126,20 @@ class Trainer:
     self.tokenizer = (load_tokenizer(config, self.workdir, self.source)
                       if get_method(config.method).text_tower else None)
     self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
-    record_path = self.workdir / RESTRUCTURE_FILE
-    self.records = json.loads(record_path.read_text()) if record_path.exists() else []
-    self._evaluators = None
+    self.run_config = resolve_config(config, self.tokenizer)
     self.hook_context = HookContext(self)
-    latest = self.checkpointer.latest_step() or 0
-    self._build_for(stages.holding(self.stages, latest), latest)
+    self.config = self._evaluators = None
+    latest = self.checkpointer.latest_step()
+    self._build_at(latest or 0, self.checkpointer.restore_run(latest)['records']
+                   if latest is not None else [])
 
   # ------------------------------------------------------------------ building
+
+  def _build_at(self, step: int, records: list) -> None:
+    """Builds the model a state after `step` steps holds, given the restructures that a
+    checkpoint at `step` recorded."""
+    self.records = [r for r in records if r['step'] < step]
+    self._build_for(stages.holding(self.stages, step), step)
 
   def _build_for(self, stage, step: int) -> None:
     """Builds what `stage` trains after `step` steps: its config with the restructures
@@ -146,6 +151,8 @@ class Trainer:
     self._build(config, stage, rebuilt)
 
   def _build(self, config, stage, rebuilt: int) -> None:
+    if self.config is None or config.get('evals') != self.config.get('evals'):
+      self._evaluators = None
     self.config, self.stage = config, stage
     self.method = get_method(config.method)(config, mesh=self.mesh, tokenizer=self.tokenizer)
     self.model = self.method.model
@@ -205,7 +212,7 @@ class Trainer:
     from checkpoints, and the method prepares it (from `previous` params, or the native
     folder `config.previous_stage`)."""
     state = self._init_state(*self._init_rngs, jnp.int32(step))
-    if self.config.get('init_from'):
+    if previous is None and self.config.get('init_from'):
       merged_sharding = merge(self.state_sharding.params, self.state_sharding.frozen)
       state = state.with_params(convert.init_params(
           state.variables()['params'], self.config.init_from, merged_sharding))
@@ -215,12 +222,11 @@ class Trainer:
 
   def restructure(self, state, updates: dict, *, params, aux=None, mutables=None):
     """A method's change of model (TinyCLIP's prune): a rebuilt model, optimizer and step
-    from the config with `updates`, holding `params` and `aux`/`mutables` (None: fresh),
-    with a fresh optimizer state; recorded for resumes."""
+    from the config with `updates`, holding `params` and `aux`/`mutables` (None: the new
+    model's initial values, unprepared), with a fresh optimizer state; recorded in the
+    next checkpoints, so a resume past it rebuilds the same model."""
     step = int(jax.device_get(state.step))
-    self.records = [r for r in self.records if r['step'] < step] + [dict(step=step, config=updates)]
-    if jax.process_index() == 0:
-      report.atomic_write(self.workdir / RESTRUCTURE_FILE, json.dumps(self.records, indent=2))
+    self.records = self.records + [dict(step=step, config=updates)]
     self._build_for(self.stage, step + 1)
     fresh = self._init_state(*self._init_rngs, jnp.int32(step))
     try:
@@ -251,16 +257,20 @@ class Trainer:
     ran = False
     if step == self.stage.end < self.total_steps:
       state, ran = self.next_stage(state), True
-    for hook in self.method.hooks():
+    method = self.method
+    for hook in method.hooks():
       if hook.due(step - self.stage.start):
         state, ran = hook.fn(self.hook_context, state), True
+        if self.method is not method:  # it restructured: the old method's hooks are done
+          break
     return state, ran
 
-  def feature_pass(self, state, fn, indices, *, transform=None, seed: int = 0) -> dict:
+  def feature_pass(self, state, fn, indices, *, transform=None, example=None, seed: int = 0):
     """`HookContext.features`: fn jitted once per build, under the activation rules."""
     if fn not in self._feature_fns:
       self._feature_fns[fn] = sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
-    example = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self._expected_batch.items()}
+    if example is None:
+      example = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self._expected_batch.items()}
     return features.feature_pass(
         self._feature_fns[fn], (state,), self.method.source(self.source),
         transform or self.method.transform(), indices, mesh=self.mesh,
@@ -282,12 +292,13 @@ class Trainer:
       multihost_utils.sync_global_devices(f'export {folder}')
     return folder
 
-  def restore(self, step):
-    """The checkpoint at `step` (default latest) on the model it holds."""
+  def restore(self, step=None):
+    """(state, data position) of the checkpoint at `step` (default latest), on the model
+    it holds."""
     step = self.checkpointer.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.workdir / "checkpoints"}')
-    self._build_for(stages.holding(self.stages, step), step)
+    self._build_at(step, self.checkpointer.restore_run(step)['records'])
     return self.checkpointer.restore(self.abstract_state, step)
 
   def export_checkpoint(self, folder=None, step=None) -> Path:
@@ -310,7 +321,7 @@ class Trainer:
     """Checkpoints unless the newest loss or parameters are non-finite (keeping the last good one)."""
     step = int(jax.device_get(state.step))
     self.check_finite(step, jax.device_get(metrics))
-    self.checkpointer.save(step, state, loader.get_state())
+    self.checkpointer.save(step, state, loader.get_state(), {'records': self.records})
 
   def evaluate(self, state) -> tuple:
     """Runs the configured evaluators on the method's view -> (flat `name/metric`, arrays)."""
@@ -365,15 +376,14 @@ class Trainer:
     if step is None:
       return self.initial_state()
     log.info('Resuming from %s step %d', self.checkpointer.manager.directory, step)
-    state, data_state = self.checkpointer.restore(self.abstract_state, step)
+    state, data_state = self.restore(step)
     loader.set_state(data_state)
     return state
 
   def train(self) -> dict:
-    c = self.config
     writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
     if jax.process_index() == 0:
-      (self.workdir / 'config.json').write_text(c.to_json_best_effort(indent=2))
+      (self.workdir / 'config.json').write_text(self.run_config.to_json_best_effort(indent=2))
     loader = self.make_loader()
     state = self.restore_or_init(loader)
     start = int(jax.device_get(state.step))
@@ -392,7 +402,7 @@ class Trainer:
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           batch = self.global_batch(next(it))
           state, metrics = self.train_step(state, batch)
-        stage_end = step == self.stage.end
+        c, stage_end = self.config, step == self.stage.end  # the stage's settings
         preempted = preemption.reached(step)
         if step % c.log_every == 0 or stage_end or preempted:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -143,7 +143,8 @@ def make_optimizer(cfg, params, total_steps: int, *, method_rules=(), offset: in
   if any(jax.tree_util.tree_leaves(ascent_mask)):
     steps.append(optax.masked(optax.scale(-1.0), ascent_mask))
   if not cfg.get('grad_clip'):
-    steps.append(optax.identity())  # the same state as clipping: resumable with either
+    # Plain clipping's state is empty too: a run resumes with clipping switched on or off.
+    steps.append(optax.identity())
   elif all(jax.tree_util.tree_leaves(clip_mask)):
     steps.append(optax.clip_by_global_norm(cfg.grad_clip))
   else:

@@ -40,8 +40,20 @@ def stage_configs(config) -> list:
   return out
 
 
+# What the run builds once, for all its stages: the mesh, the data pipeline and the
+# tokenizer (config keys, and prefixes of keys, a stage may not override).
+SHARED = ('mesh', 'data', 'batch_size', 'seed', 'tokenizer', 'sharding_rules',
+          'keep_checkpoints')
+
+
 def plan(config) -> list:
   """The run's stages with their global step ranges (one stage when `stages` is empty)."""
+  for i, overrides in enumerate(config.get('stages') or []):
+    shared = [k for k in overrides if k.split('.')[0] in SHARED]
+    if shared:
+      raise ValueError(f'config.stages[{i}] overrides {shared}: the stages of a run share its '
+                       f'{", ".join(SHARED)} (run the stages as separate runs, or set them '
+                       'outside config.stages)')
   out, start = [], 0
   for i, stage in enumerate(stage_configs(config), 1):
     if stage.total_steps < 1:
@@ -59,4 +71,6 @@ def training(stages: list, step: int) -> Stage:
 def holding(stages: list, step: int) -> Stage:
   """The stage whose model a state after `step` steps holds (at a boundary: the one that
   just ended; the next begins once the loop moves on)."""
+  if step > stages[-1].end:
+    return stages[-1]
   return next((s for s in stages if s.start < step <= s.end), stages[0])
