@@ -1,0 +1,96 @@
+"""K-means: clipjax (JAX, tiled distances) against faiss-cpu (the official ProtoCLIP
+library) on the same points, initial centroids, iterations and threads.
+
+  python benchmarks/kmeans.py                       # 200k x 128, K=20,000, 20 iterations
+  python benchmarks/kmeans.py --points 20000 --k 2000
+
+Each implementation runs in its own process (peak memory is that process's maximum RSS,
+input data included). faiss is not a clipjax dependency (`pip install faiss-cpu`); without
+it only clipjax is timed. Inertia is the sum of squared distances of every point to its
+nearest final centroid, computed the same way for both. GFLOP/s counts the distance
+matrix products alone (iterations + 1 assignments of 2 * N * K * D): what bounds both.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+RUN = r'''
+import json, resource, sys, time
+import numpy as np
+impl, path, k, iterations, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+data = np.load(path)
+x, init = data['points'], data['init']
+t = time.perf_counter()
+if impl == 'faiss':
+  import faiss
+  faiss.omp_set_num_threads(threads)
+  km = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=1, max_points_per_centroid=1 << 30,
+                    min_points_per_centroid=1)
+  km.train(x, init_centroids=init)
+  dist, _ = km.index.search(x, 1)
+  inertia = float(dist.astype(np.float64).sum())
+else:
+  from clipjax.kmeans import kmeans
+  inertia = kmeans(x, k, iterations=iterations, init=init).inertia
+seconds = time.perf_counter() - t
+peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+print(json.dumps(dict(seconds=seconds, inertia=inertia, peak_gb=peak_gb)))
+'''
+
+
+def points(n, dim, seed=0):
+  """Unit vectors around 5,000 directions: what projected, normalised features look like."""
+  rng = np.random.default_rng(seed)
+  centres = rng.standard_normal((5000, dim)).astype(np.float32)
+  x = centres[rng.integers(0, 5000, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def run(impl, path, args):
+  env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, '-c', RUN, impl, path, str(args.k), str(args.iterations),
+                         str(args.threads)], capture_output=True, text=True, env=env)
+  if proc.returncode:
+    raise RuntimeError(f'{impl} failed:\n{proc.stderr[-3000:]}')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--points', type=int, default=200_000)
+  p.add_argument('--dim', type=int, default=128)
+  p.add_argument('--k', type=int, default=20_000)
+  p.add_argument('--iterations', type=int, default=20)
+  p.add_argument('--threads', type=int, default=os.cpu_count())
+  p.add_argument('--out', default='/tmp/clipjax_kmeans_bench.npz')
+  args = p.parse_args()
+  x = points(args.points, args.dim)
+  init = x[np.random.default_rng(1).choice(len(x), args.k, replace=False)]
+  np.savez(args.out, points=x, init=init)
+  try:
+    import faiss  # pylint: disable=g-import-not-at-top,unused-import
+    impls = ['faiss', 'clipjax']
+  except ImportError:
+    print('faiss-cpu is not installed (pip install faiss-cpu): timing clipjax alone')
+    impls = ['clipjax']
+  print(f'{args.points} x {args.dim} points, K={args.k}, {args.iterations} iterations, '
+        f'{args.threads} threads, same initial centroids')
+  print('| implementation | seconds | GFLOP/s | peak GB | inertia | time vs faiss |')
+  print('|---|---|---|---|---|---|')
+  flops = (args.iterations + 1) * 2 * args.points * args.k * args.dim
+  results = {}
+  for impl in impls:
+    results[impl] = r = run(impl, args.out, args)
+    ratio = f'{r["seconds"] / results["faiss"]["seconds"]:.2f}x' if 'faiss' in results else ''
+    print(f'| {impl} | {r["seconds"]:.1f} | {flops / r["seconds"] / 1e9:.0f} | '
+          f'{r["peak_gb"]:.2f} | {r["inertia"]:.6g} | {ratio} |', flush=True)
+  os.remove(args.out)
+
+
+if __name__ == '__main__':
+  main()
