@@ -192,7 +192,8 @@ def test_encoder_with_sharded_params_matches_single_device(python_subprocess):
     np.testing.assert_allclose(enc.encode_images(images), ref.encode_images(images), atol=1e-5)
     np.testing.assert_allclose(enc.encode_texts(texts), ref.encode_texts(texts), atol=1e-5)
     batch = jax.device_put(images[:16], NamedSharding(mesh, P('data')))
-    assert enc._encode_image({'params': sharded}, batch).sharding.is_fully_replicated  # every host reads it
+    # Gathered to every device: every host can read it.
+    assert enc._encode_image({'params': sharded}, batch).sharding.is_fully_replicated
     print('devices', len(jax.devices()))
   ''', devices=8)
   assert 'devices 8' in out

@@ -5,6 +5,7 @@ from clipjax.methods.base import EvalView, Hook, HookContext, Method
 
 _METHODS = {
     'clip': 'clipjax.methods.clip',
+    'protoclip': 'clipjax.methods.protoclip',
     'siglip': 'clipjax.methods.siglip',
     'tinyclip': 'clipjax.methods.tinyclip',
 }

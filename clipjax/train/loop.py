@@ -137,9 +137,12 @@ class Trainer:
 
   def _build_at(self, step: int, records: list) -> None:
     """Builds the model a state after `step` steps holds, given the restructures that a
-    checkpoint at `step` recorded."""
-    self.records = [r for r in records if r['step'] < step]
-    self._build_for(stages.holding(self.stages, step), step)
+    checkpoint at `step` recorded (nothing to do when that is the model at hand)."""
+    records, stage = [r for r in records if r['step'] < step], stages.holding(self.stages, step)
+    if self.config is not None and (stage, records) == (self.stage, self.records):
+      return
+    self.records = records
+    self._build_for(stage, step)
 
   def _build_for(self, stage, step: int) -> None:
     """Builds what `stage` trains after `step` steps: its config with the restructures
