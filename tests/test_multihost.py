@@ -349,6 +349,9 @@ def test_slurm_dry_run_prints_the_srun_command_it_would_run(tmp_path):
   per_node = dry_run('slurm_gpu.sbatch', dict(slurm, SLURM_NTASKS='2', SLURM_NTASKS_PER_NODE='1',
                                               _args=ARGS))
   assert 'export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7' in per_node
+  # Without SLURM installed (a laptop), the dry run still prints, naming the list's first node.
+  without = dry_run('slurm_gpu.sbatch', dict(slurm, PATH=os.environ['PATH'], _args=ARGS))
+  assert 'export JAX_COORDINATOR_ADDRESS=gpu01:24242' in without
 
 
 def test_tpu_dry_run_prints_create_copy_install_start_and_follow(tmp_path):

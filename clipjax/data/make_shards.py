@@ -7,14 +7,15 @@
 
 Each sample becomes KEY.jpg|png|webp (original bytes, not re-encoded), KEY.txt and
 KEY.json ({'key', 'caption', 'source'}). Without --captions, an image's caption is
-read from a .txt file of the same name beside it. Prints the brace pattern to pass
-as data.train.
+read from a .txt file of the same name beside it. Prints the shards' brace pattern as a
+quoted flag, ready to paste: '--config.data.train=data/shapes/{00000..00009}.tar'.
 """
 import argparse
 import csv
 import io
 import json
 import os
+import shlex
 import sys
 
 from PIL import Image
@@ -132,7 +133,8 @@ def main(argv=None) -> str:
       raise FileNotFoundError(f'No images ({", ".join(sources.IMAGE_EXTS)}) in {args.images!r}')
     members, total = folder_members(args.images, pairs), len(pairs)
   pattern = write(members, total, args.out, args.shard_size, args.format)
-  print(f'data.train={pattern}', file=sys.stdout)
+  # Quoted: unquoted, the shell expands {a..b} into one flag per shard.
+  print(shlex.quote(f'--config.data.train={pattern}'), file=sys.stdout)
   return pattern
 
 

@@ -160,23 +160,30 @@ def wait_for_coordinator(address: str, timeout: float, process_id: int) -> int:
 
 class PreemptionWatch:
   """When the train loop should checkpoint and stop after a SIGTERM (preemption, a SLURM
-  time limit, `kill`).
+  time limit, `kill`) or a Ctrl-C.
 
-  One process: a SIGTERM handler sets a flag. A process group: JAX's preemption sync
-  service takes the SIGTERM on whichever process gets it and names one step at which
-  every process stops; per-process flags would stop processes at different steps and
-  deadlock them in the collective checkpoint.
+  One process: a handler sets a flag; a second Ctrl-C raises KeyboardInterrupt at once.
+  A process group: JAX's preemption sync service takes the SIGTERM on whichever process
+  gets it and names one step at which every process stops; per-process flags would stop
+  processes at different steps and deadlock them in the collective checkpoint (Ctrl-C
+  keeps its default there).
   """
 
   def __init__(self):
     self._group = jax.process_count() > 1
     self._signalled = False
-    self._previous = None
+    self._previous = {}
     if not self._group:  # a Python handler would hide SIGTERM from JAX's service
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._on_signal)
 
-  def _on_sigterm(self, *_):
+  def _on_signal(self, sig, _):
+    if sig == signal.SIGINT and self._signalled:
+      raise KeyboardInterrupt
     self._signalled = True
+    if sig == signal.SIGINT:
+      sys.stderr.write('\nCtrl-C: saving a checkpoint after this step, then exiting '
+                       '(Ctrl-C again exits at once, without one)\n')
 
   def reached(self, step: int) -> bool:
     """Call once per step on every process, with the same `step`."""
@@ -185,9 +192,9 @@ class PreemptionWatch:
     return self._signalled
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
 
 def sum_counts(counts: dict) -> dict:
