@@ -56,8 +56,8 @@ def build_evaluators(evals_config) -> dict:
 def run_evaluators(evaluators: dict, encoder, details: Optional[dict] = None) -> dict:
   """Runs every evaluator -> {"<name>/<metric>": float}.
 
-  Per-class arrays (accuracy, counts, class names) go into `details[name]` when a dict
-  is passed; `report.save_eval_details` writes them.
+  Per-class arrays (accuracy, counts, class names; retrieval: captions per image) go into
+  `details[name]` when a dict is passed; `report.save_eval_details` writes them.
   """
   results = {}
   for name, evaluator in evaluators.items():

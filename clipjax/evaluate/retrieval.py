@@ -123,9 +123,11 @@ class RetrievalEvaluator:
     return self._cache[image_size]
 
   def __call__(self, encoder) -> tuple:
+    """(recalls, arrays) with captions_per_image [images], which sets the recalls' chance."""
     data = self.captioned_set(encoder.image_size)
     image_emb = np.concatenate([
         encoder.encode_images(data.get(np.arange(s, min(s + self.chunk, len(data)))))
         for s in range(0, len(data), self.chunk)])
     text_emb = encoder.encode_texts(data.captions)
-    return retrieval_metrics(image_emb, text_emb, data.text_to_image), {}
+    return (retrieval_metrics(image_emb, text_emb, data.text_to_image),
+            dict(captions_per_image=np.bincount(data.text_to_image, minlength=len(data))))

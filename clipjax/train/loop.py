@@ -6,6 +6,7 @@ once, and again at a stage boundary or when a method's hook restructures its mod
 Every checkpoint carries the run's restructures (`records`), so a resume rebuilds the
 model the restored state holds before reading it.
 """
+import json
 import logging
 import math
 import shutil
@@ -332,6 +333,9 @@ class Trainer:
       return {}, {}
     if self._evaluators is None:
       self._evaluators = evaluate.build_evaluators(self.config.evals)
+    t0 = time.perf_counter()
+    log.info('Evaluating step %d: %s ...', int(jax.device_get(state.step)),
+             ', '.join(self.config.evals))
     view = self.method.eval_view(state)
     if self._encoder is None:
       batch_size = self.config.get('eval_batch_size', 256)
@@ -345,7 +349,9 @@ class Trainer:
           batch_sharding=sharding.batch_sharding(self.mesh) if sharded else None)
     self._encoder.variables = view.variables
     details = {}
-    return evaluate.run_evaluators(self._evaluators, self._encoder, details), details
+    results = evaluate.run_evaluators(self._evaluators, self._encoder, details)
+    log.info('Evaluated in %.1f s', time.perf_counter() - t0)
+    return results, details
 
   def evaluate_checkpoint(self, step=None) -> dict:
     """`--config.mode=eval`: the latest (or given) checkpoint's evals, written to eval.json."""
@@ -354,7 +360,7 @@ class Trainer:
     results, details = self.evaluate(state)
     MetricWriter(self.workdir, enabled=jax.process_index() == 0).write_eval(
         step, results, details, history=False)
-    return results
+    return dict(results, step=step)
 
   # ------------------------------------------------------------------ the loop
 
@@ -378,22 +384,47 @@ class Trainer:
     step = self.checkpointer.latest_step()
     if step is None:
       return self.initial_state()
-    log.info('Resuming from %s step %d', self.checkpointer.manager.directory, step)
     state, data_state = self.restore(step)
     loader.set_state(data_state)
     return state
 
+  def banner(self, start: int) -> None:
+    """What the run is and where its outputs go, before the first (slow, compiling) step."""
+    c, state = self.config, self.abstract_state
+    params = sum(x.size for x in jax.tree_util.tree_leaves((state.params, state.frozen)))
+    devices = jax.devices()
+    log.info('%s %s: %s, %.3gM parameters, %d steps of %d examples on %d %s device(s) '
+             '(mesh %s)', f'Resuming at step {start}' if start else 'Training', c.method,
+             c.model.get('name', ''), params / 1e6, self.total_steps, c.batch_size,
+             len(devices), devices[0].platform, dict(self.mesh.shape))
+    evals = f'eval.json every {c.eval_every} steps, ' if c.eval_every and c.get('evals') else ''
+    log.info('Writing to %s: metrics.jsonl, %scheckpoints/ every %d steps, %s and tensorboard/'
+             ' (Ctrl-C saves and stops; the same command resumes)', self.workdir, evals,
+             c.checkpoint_every, report.CURVES_PNG)
+
   def train(self) -> dict:
+    """Trains to `total_steps` from the latest checkpoint -> the last metrics and evals."""
     writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
     if jax.process_index() == 0:
       (self.workdir / 'config.json').write_text(self.run_config.to_json_best_effort(indent=2))
     loader = self.make_loader()
     state = self.restore_or_init(loader)
     start = int(jax.device_get(state.step))
+    if start >= self.total_steps:
+      log.info('Already complete (%d/%d steps) in %s; --config.total_steps=N trains on',
+               start, self.total_steps, self.workdir)
+      self.state = state
+      saved = self.workdir / report.EVAL_JSON
+      return json.loads(saved.read_text()) if saved.exists() else {}
     writer.truncate_after(start)
+    self.banner(start)
+    evals = {}
+    if start == 0 and self.config.eval_every and self.config.get('eval_at_start'):  # random init
+      evals, details = self.evaluate(state)
+      writer.write_eval(0, evals, details)
     preemption = distributed.PreemptionWatch()
     it = iter(loader)
-    last, evals = {}, {}
+    last = {}
     progress = writer.progress(start, self.total_steps)
     t0, n0 = time.perf_counter(), start
     first_step = start + 1  # throughput excludes compilation, also after a rebuild
@@ -414,7 +445,7 @@ class Trainer:
           last.update(loader.metrics(reduce=distributed.sum_counts))  # all processes
           t0, n0 = time.perf_counter(), step
           writer.write(step, last)
-          progress.update(step, last)
+          progress.update(step, last, last['examples_per_sec'] / c.batch_size)
           self.check_finite(step, last)
         if c.eval_every and (step % c.eval_every == 0 or stage_end):
           evals, details = self.evaluate(state)
@@ -423,7 +454,7 @@ class Trainer:
         if step % c.checkpoint_every == 0 or stage_end or preempted:
           self.save(state, loader, metrics)
         if preempted:
-          log.warning('SIGTERM: checkpoint saved at step %d, exiting.', step)
+          log.warning('Stopped at step %d with a checkpoint; the same command resumes.', step)
           break
         if step == first_step:
           jax.block_until_ready(metrics)

@@ -39,7 +39,7 @@ class MetricWriter:
   def write_eval(self, step: int, results: dict, details=None, history: bool = True) -> None:
     if not self.enabled or not results:
       return
-    report.write_eval_json(str(self.workdir), results, step if history else None)
+    report.write_eval_json(str(self.workdir), results, step, history)
     if details:
       report.save_eval_details(str(self.workdir), details, step)
     for k, v in results.items():
@@ -54,16 +54,21 @@ class MetricWriter:
 
 
 class Progress:
-  """tqdm bar showing step, loss, examples/s and ETA."""
+  """tqdm bar showing step, loss, examples/s and an ETA from the measured steps/s (tqdm's
+  own rate would count compilation and evaluation)."""
 
   def __init__(self, start, total, enabled):
-    self.bar = tqdm(total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True)
-    self.step = start
+    self.bar = tqdm(total=total, initial=start, disable=not enabled, unit='step',
+                    dynamic_ncols=True,
+                    bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]')
+    self.step, self.total = start, total
 
-  def update(self, step: int, metrics: dict) -> None:
+  def update(self, step: int, metrics: dict, steps_per_sec: float) -> None:
     self.bar.update(step - self.step)
     self.step = step
-    self.bar.set_postfix(loss=f'{metrics["loss"]:.4f}', ex_s=f'{metrics["examples_per_sec"]:.0f}')
+    eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
+    self.bar.set_postfix_str(f'loss={metrics["loss"]:.4f}, ex/s={metrics["examples_per_sec"]:.0f}'
+                             f', ETA {tqdm.format_interval(eta) if eta == eta else "?"}')
 
   def close(self) -> None:
     self.bar.close()
