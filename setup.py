@@ -1,8 +1,15 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# One place for the version: clipjax.__version__.
+VERSION = re.search(r"__version__ = '([^']+)'",
+                    (Path(__file__).parent / 'clipjax' / '__init__.py').read_text()).group(1)
 
 setup(
     name='clipjax',
-    version='0.1.0',
+    version=VERSION,
     description='JAX/Flax training stack for contrastive language-image pretraining.',
     packages=find_packages(include=['clipjax', 'clipjax.*']),
     package_data={'clipjax': ['**/*.md', '**/*.json', '**/*.txt']},

@@ -1,4 +1,8 @@
-"""Defaults every config starts from, so each file only says what it changes."""
+"""Defaults every config starts from, so each file only says what it changes, and the
+meaning of every key (`reference()` writes configs/README.md from it; a test keeps both in
+sync: `python -m clipjax.config_base > configs/README.md`)."""
+import os
+
 from ml_collections import ConfigDict
 
 from clipjax.sharding import DEFAULT_RULES
@@ -14,6 +18,7 @@ def base_config() -> ConfigDict:
   c.grad_accum_steps = 1
   c.log_every = 50
   c.eval_every = 1000
+  c.eval_at_start = True  # evaluate the random init too: the baseline every curve starts at
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.loss_implementation = 'auto'
@@ -53,7 +58,6 @@ def load_config(path: str, arg: str = None) -> ConfigDict:
   `path` may be given as `file.py:arg`, as on the command line.
   """
   import importlib.util
-  import os
   if arg is None and ':' in os.path.basename(path):
     path, arg = path.rsplit(':', 1)
   if not os.path.exists(path):
@@ -62,3 +66,103 @@ def load_config(path: str, arg: str = None) -> ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+# One line per key of base_config(), synthetic_data() and a model; methods document their
+# own section (config.<method>) in their module docstring.
+MEANING = {
+    'mode': 'train (or resume), eval (the latest checkpoint) or export (its model)',
+    'method': 'registered method (clipjax/methods), or module:Class',
+    'seed': 'initialisation, data order and augmentation',
+    'total_steps': 'optimizer steps of the whole run',
+    'batch_size': 'global batch over all devices and processes',
+    'grad_accum_steps': 'micro-batches per step (GradCache through the method)',
+    'log_every': 'steps between lines of metrics.jsonl and the progress bar',
+    'eval_every': 'steps between evaluations (0: none)',
+    'eval_at_start': 'also evaluate the random init at step 0 (the curves\' baseline)',
+    'checkpoint_every': 'steps between checkpoints (also at the end and on Ctrl-C/SIGTERM)',
+    'keep_checkpoints': 'checkpoints kept on disk (the newest)',
+    'loss_implementation': 'contrastive loss: auto, xla, chunked or pallas (clipjax/kernels)',
+    'mesh.data': 'data-parallel axis size (-1: the remaining devices)',
+    'mesh.fsdp': 'axis sharding parameters and batch (ZeRO-3 style)',
+    'mesh.tensor': 'axis sharding matrices within a layer',
+    'mesh.dcn_data': 'slices (TPU) or processes (GPU) the data axis spans over the network',
+    'sharding_rules': '(logical axis, mesh axes) pairs: how parameters and activations shard',
+    'tokenizer.path': 'a tokenizer.json; empty: a BPE trained on training captions',
+    'tokenizer.vocab_size': 'vocabulary of the trained BPE',
+    'tokenizer.train_captions': 'captions the BPE is trained on',
+    'optim.lr': 'peak learning rate (AdamW)',
+    'optim.warmup_steps': 'linear warm-up before the cosine decay',
+    'optim.end_lr_factor': 'final learning rate as a fraction of the peak',
+    'optim.b1': 'AdamW beta 1',
+    'optim.b2': 'AdamW beta 2',
+    'optim.eps': 'AdamW epsilon',
+    'optim.weight_decay': 'decoupled weight decay (not on biases, norms, temperatures)',
+    'optim.grad_clip': 'global gradient-norm clip (0: none)',
+    'optim.rules': 'ordered per-parameter regex rules: frozen, lr, schedule, decay, ascent, '
+                   'clip (clipjax/train/optimizer.py)',
+    'evals': 'name -> dict(type=zeroshot, linear_probe or retrieval, dataset=..., ...) '
+             '(clipjax/evaluate)',
+    'init_from': 'towers from pretrained checkpoints: dict(target, src, subtree)',
+    'stages': 'one dict of dotted overrides per stage of the run (clipjax/train/stages.py)',
+    'previous_stage': 'a native model folder the run starts from (Method.prepare)',
+    'model.name': 'preset (clipjax/models/__init__.py); other model keys override its fields',
+    'model.image_size': 'input resolution',
+    'model.patch_size': 'ViT patch size',
+    'model.context_length': 'text tokens per caption',
+    'model.pool': 'image embedding: cls token or mean of tokens (gap)',
+    'model.dtype': 'activation dtype (float32 or bfloat16); parameters stay float32',
+    'model.attention_impl': 'attention: xla, chunked or pallas (clipjax/kernels)',
+    'model.remat': 'recompute each block in the backward pass (memory for compute)',
+    'data.format': 'synthetic, wds (tar shards), array_record or csv',
+    'data.train': 'shards as a brace pattern or list, or the csv/array_record path',
+    'data.train_num_samples': 'samples of the synthetic source',
+    'data.digit_fraction': 'share of drawn digits among the synthetic shapes',
+    'data.num_workers': 'grain worker processes (0: in the main process)',
+    'data.augment.scale': 'random-resized-crop area range',
+    'data.shuffle_buffer': 'window of the shuffle of shard streams',
+    'data.cycle_length': 'shards read at once (interleaved)',
+    'data.label_noise': 'fraction of samples whose captions are swapped among themselves',
+    'data.caption_key': 'the caption member of a WebDataset sample (txt)',
+    'data.csv_img_key': 'csv column of image paths',
+    'data.csv_caption_key': 'csv column of captions',
+    'data.csv_separator': 'csv separator (empty: by extension, tab for .tsv)',
+    'data.extra_columns': 'more members/columns to carry into records: name -> key',
+}
+
+
+def flat_keys(config, prefix: str = '') -> dict:
+  """{dotted key: value} down to leaves; `evals` and `extra_columns` stay whole."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ConfigDict) and value and key not in ('evals', 'extra_columns'):
+      out.update(flat_keys(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def reference() -> str:
+  """configs/README.md: every key, its default, its meaning."""
+  quickstart = load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+                                        'quickstart.py'))
+  config = base_config()
+  config.model, config.data = quickstart.model, quickstart.data
+  keys = flat_keys(config)
+  missing = sorted(set(keys) - set(MEANING))
+  if missing:
+    raise KeyError(f'config keys without a line in config_base.MEANING: {missing}')
+  show = lambda v: repr(v.to_dict() if isinstance(v, ConfigDict) else v)
+  return '\n'.join([
+      '# Config keys', '',
+      'Generated by `python -m clipjax.config_base > configs/README.md` from',
+      '`clipjax/config_base.py`: its defaults, with `model` and `data` as in',
+      '`configs/quickstart.py`. Override any key with `--config.key=value`. Method sections',
+      '(`config.protoclip`, `config.tinyclip`) are documented in their modules',
+      '(`clipjax/methods/`).', '',
+      '| key | default | meaning |', '|---|---|---|',
+      *(f'| `{k}` | `{show(keys[k])}` | {MEANING[k]} |' for k in sorted(keys))]) + '\n'
+
+
+if __name__ == '__main__':
+  print(reference(), end='')
