@@ -35,7 +35,9 @@ def test_quickstart_clip_learns(tmp_path):
   shape_probe = evaluate.build_evaluators({'shape': dict(
       type='linear_probe', dataset='shapes_heldout_shape', num_samples=300)})
   random_init = trainer.initial_state()
-  random_digits = trainer.evaluate(random_init)[0]['digits_probe/linear_probe_top1']
+  history = [json.loads(l) for l in (tmp_path / 'eval_history.jsonl').read_text().splitlines()]
+  assert history[0]['step'] == 0  # the loop evaluated the random init (eval_at_start)
+  random_digits = history[0]['digits_probe/linear_probe_top1']
   assert results['digits_probe/linear_probe_top1'] > random_digits + 0.01, (results, random_digits)
   top1 = {}
   for name, state in (('random', random_init), ('trained', trainer.state)):
@@ -53,6 +55,8 @@ def test_quickstart_siglip_learns(tmp_path):
   config.evals = {'colour': dict(type='zeroshot', dataset='shapes_heldout_colour', num_samples=300)}
   results = train(config, tmp_path)
   losses = [json.loads(l)['loss'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  # Measured: 4.85 at step 25, 3.31-3.49 over the last three logs; colour 0.90.
-  assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
-  assert results['colour/zeroshot_top1'] > 3 / len(shapes.COLOUR_NAMES), results
+  # Measured, seeds 0/1/2 (this test with config.seed = 0, 1, 2): first loss
+  # 4.85/4.82/5.15, mean of the last three 3.40/3.25/3.42 (ratio 0.70/0.67/0.66); held-out
+  # colour 0.903/0.950/0.850. Asserted at the seeds' worst, with a margin of 0.05.
+  assert sum(losses[-3:]) / 3 < 0.75 * losses[0], losses
+  assert results['colour/zeroshot_top1'] > 0.80, results
