@@ -14,12 +14,6 @@ def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: longer end-to-end tests (still run in CI)')
 
 
-def pytest_collection_modifyitems(items):
-  """Slow tests first (a stable sort): with two xdist workers, a long test left for the
-  end keeps one worker busy while the other idles."""
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
-
-
 def run_python(code: str, devices: int = 1, timeout: int = 600, env=None) -> str:
   """Runs `code` in a fresh interpreter with `devices` simulated CPU devices; returns stdout."""
   full_env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
