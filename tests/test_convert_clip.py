@@ -9,13 +9,15 @@ import pytest
 
 from clipjax import convert
 from clipjax.convert import clip as convert_clip
+from clipjax.convert import load
+from clipjax.methods import l0
 from clipjax.convert.io import CheckpointError, UnsafeCheckpointError, open_checkpoint, write_safetensors
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 EOS = 98
-TOL = 1e-4
+TOL = 4e-6  # README: "Outputs match the PyTorch models to < 4e-6 (float32)"
 
 
 def tiny_config(act='gelu', width=32, heads=4, eos=EOS):
@@ -105,6 +107,48 @@ def test_export_loads_in_transformers(hf_model, tmp_path):
   # And back again through our importer.
   model2, params2 = convert_clip.load_hf_clip(str(tmp_path / 'out'))
   assert_close(our_outputs(model2, params2, ids, images), torch_outputs(hf_model, ids, images))
+
+
+def pruned_student(hf_model, tmp_path, heads, mlp_kept):
+  """The HF model through our importer, structurally pruned (TinyCLIP's `l0.prune`) to
+  `heads[i]` heads and a `mlp_kept[i]` fraction of MLP neurons in layer i of both towers."""
+  hf_model.save_pretrained(tmp_path / 'in')
+  model, params = convert_clip.load_hf_clip(str(tmp_path / 'in'))
+  params = load.unbox(params)
+  masks = {}
+  for tower, spec in (('visual', model.vision), ('textual', model.text)):
+    neurons = params[tower]['transformer']['block_0']['mlp']['fc1']['kernel'].shape[1]
+    masks[tower] = dict(
+        hidden=np.ones(spec['width'], np.float32),
+        heads=np.stack([np.arange(spec['heads']) < h for h in heads]).astype(np.float32),
+        intermediate=np.stack([np.arange(neurons) < f * neurons for f in mlp_kept]).astype(np.float32))
+  pruned = l0.prune(params, masks)
+  sizes = {tower: l0.pruned_sizes(pruned, tower) for tower in masks}
+  return model.clone(vision=dict(model.vision, **sizes['visual']),
+                     text=dict(model.text, **sizes['textual'])), pruned
+
+
+def test_pruned_student_with_equal_layers_exports(hf_model, tmp_path):
+  """HF CLIP has one MLP width per tower and width/heads-dim heads: a student whose layers
+  kept equal MLP widths and all heads is an HF CLIP model."""
+  student, params = pruned_student(hf_model, tmp_path, heads=(4, 4), mlp_kept=(0.5, 0.5))
+  assert student.vision['layer_mlp'] == [32, 32]
+  convert_clip.export_hf_clip(student, params, str(tmp_path / 'out'))
+  reloaded = transformers.CLIPModel.from_pretrained(str(tmp_path / 'out')).eval()
+  assert reloaded.config.text_config.intermediate_size == 19  # 37 neurons, half kept
+  ids, images = inputs()
+  assert_close(torch_outputs(reloaded, ids, images), our_outputs(student, params, ids, images), 1e-5)
+
+
+@pytest.mark.parametrize('heads,mlp_kept,cause', [
+    ((3, 2), (0.5, 0.5), r'vision tower: per-layer head counts \[3, 2\]'),
+    ((2, 2), (0.5, 0.5), r'vision tower: 2 heads of 8 dims in a width of 32'),
+    ((4, 4), (0.5, 0.75), r'vision tower: per-layer MLP widths \[32, 48\]')])
+def test_pruned_student_with_unequal_layers_is_refused(hf_model, tmp_path, heads, mlp_kept, cause):
+  student, params = pruned_student(hf_model, tmp_path, heads, mlp_kept)
+  with pytest.raises(CheckpointError, match=cause):
+    convert_clip.export_hf_clip(student, params, str(tmp_path / 'out'))
+  assert not (tmp_path / 'out').exists()
 
 
 def openai_state_dict(hf):
