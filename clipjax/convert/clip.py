@@ -83,13 +83,39 @@ def hf_clip_spec(config: dict, where='config.json') -> dict:
                 mlp_ratio=mlp_ratio(t['intermediate_size'], t['hidden_size'])))
 
 
+def hf_tower(name: str, tower: dict) -> dict:
+  """`tower` with one head count and MLP width, as HF CLIP has, or an error naming the cause.
+
+  A pruned student (TinyCLIP) whose layers kept equal sizes exports; one whose layers
+  differ, or whose heads are not width / heads wide, cannot be written as HF CLIP.
+  """
+  width, layers = tower['width'], tower['layers']
+  heads = list(tower.get('layer_heads') or [tower['heads']] * layers)
+  head_dim = tower.get('head_dim') or width // tower['heads']
+  mlp = list(tower.get('layer_mlp') or [int(width * tower.get('mlp_ratio', 4.0))] * layers)
+  problems = []
+  if len(set(heads)) > 1:
+    problems.append(f'per-layer head counts {heads}')
+  elif heads[0] * head_dim != width:
+    problems.append(f'{heads[0]} heads of {head_dim} dims in a width of {width}')
+  if len(set(mlp)) > 1:
+    problems.append(f'per-layer MLP widths {mlp}')
+  if problems:
+    raise CheckpointError(
+        f'Hugging Face CLIP cannot express the {name} tower: {"; ".join(problems)} (it has one '
+        'head count of width/heads dims and one MLP width per tower); keep this model as a '
+        'clipjax checkpoint, or export it with equal sizes in every layer')
+  return dict(tower, heads=heads[0], head_dim=None, layer_heads=None, layer_mlp=None,
+              mlp_ratio=mlp[0] / width)
+
+
 def hf_clip_config(spec: dict) -> dict:
   """Hugging Face CLIP config.json dict for a `CLIPModel` spec."""
-  v, t = spec['vision'], spec['text']
+  v, t = hf_tower('vision', spec['vision']), hf_tower('text', spec['text'])
   if v.get('pool', 'cls') != 'cls' or spec.get('init_logit_bias') is not None:
     raise CheckpointError('Hugging Face CLIP has no map/gap pooling or logit bias; '
                           'only cls-pooled CLIP models can be exported')
-  hidden = lambda tower: int(tower['width'] * tower.get('mlp_ratio', 4.0))
+  hidden = lambda tower: round(tower['width'] * tower.get('mlp_ratio', 4.0))
   eot = t.get('eot_token_id')
   return dict(
       architectures=['CLIPModel'], model_type='clip', projection_dim=spec['embed_dim'],
@@ -347,6 +373,7 @@ def export_hf_clip(model: CLIPModel, params, folder: str, tokenizer=None):
   if not isinstance(model, CLIPModel):
     raise CheckpointError(f'only CLIP models export to Hugging Face CLIP, not {type(model).__name__}')
   spec = model_spec(model)
+  spec.update(vision=hf_tower('vision', spec['vision']), text=hf_tower('text', spec['text']))
   eot = spec['text'].get('eot_token_id')
   swap = None
   if eot == LEGACY_EOS:
