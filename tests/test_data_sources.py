@@ -267,6 +267,38 @@ def test_array_record_and_csv_sources(tmp_path):
   assert batch['caption2'].shape == (3, 12) and batch['caption2'].dtype == np.int32
 
 
+def test_sources_read_fsspec_urls_beyond_local_files(tmp_path):
+  """Shards and CSV rows behind a non-local fsspec URL (`memory://`, in-process, as
+  `gs://` or `s3://` would be with their fsspec package) read as the local copies do."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  pattern = make_shards.main(['--out', str(tmp_path / 'wds'), '--synthetic', '20',
+                              '--image-size', '24', '--shard-size', '8'])
+  local = sources.expand_urls(pattern)
+  memory = fsspec.filesystem('memory')
+  for url in local:
+    memory.pipe(f'/bucket/{os.path.basename(url)}', Path(url).read_bytes())
+  remote = sources.TarShardSource('memory://bucket/*.tar')
+  assert [u.startswith('memory://') for u in remote.shards] == [True] * len(local)
+  assert [os.path.basename(u) for u in remote.shards] == [os.path.basename(u) for u in local]
+  assert remote.captions(20) == sources.TarShardSource(pattern).captions(20)
+  loaders = [pipeline.make_train_loader(pipeline.make_source({'format': 'wds', 'train': spec}),
+                                        transforms.ImageText(_tokenizer(), 12, 24),
+                                        global_batch_size=4, seed=0)
+             for spec in (pattern, 'memory://bucket/*.tar')]
+  first = [next(loader) for loader in loaders]
+  for name in first[0]:
+    np.testing.assert_array_equal(first[1][name], first[0][name], err_msg=name)
+  with pytest.raises(FileNotFoundError, match='memory://bucket/missing'):
+    sources.TarShardSource('memory://bucket/missing-{000..001}.tar')
+
+  memory.pipe('/bucket/imgs/0.png', _encode(_photo(0), 'PNG'))
+  memory.pipe('/bucket/data.tsv', b'filepath\ttitle\nimgs/0.png\ta photo\n')
+  csv_source = pipeline.make_source({'format': 'csv', 'train': 'memory://bucket/data.tsv'})
+  rec = csv_source[0]
+  assert rec['caption'] == 'a photo'
+  np.testing.assert_array_equal(rec['image'], np.asarray(_photo(0)))
+
+
 def test_make_shards_from_image_folder(tmp_path):
   images = tmp_path / 'photos'
   (images / 'sub').mkdir(parents=True)
