@@ -14,6 +14,7 @@ def base_config() -> ConfigDict:
   c.method = 'clip'
   c.seed = 0
   c.total_steps = 1000
+  c.stop_at_step = 0  # stop (with a checkpoint) here, inside the schedule; 0: total_steps
   c.batch_size = 256
   c.grad_accum_steps = 1
   c.log_every = 50
@@ -75,6 +76,7 @@ MEANING = {
     'method': 'registered method (clipjax/methods), or module:Class',
     'seed': 'initialisation, data order and augmentation',
     'total_steps': 'optimizer steps of the whole run',
+    'stop_at_step': 'stop there with a checkpoint, schedules unchanged (0: at total_steps); a larger value resumes',
     'batch_size': 'global batch over all devices and processes',
     'grad_accum_steps': 'micro-batches per step (GradCache through the method)',
     'log_every': 'steps between lines of metrics.jsonl and the progress bar',

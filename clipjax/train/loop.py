@@ -410,9 +410,10 @@ class Trainer:
     loader = self.make_loader()
     state = self.restore_or_init(loader)
     start = int(jax.device_get(state.step))
-    if start >= self.total_steps:
-      log.info('Already complete (%d/%d steps) in %s; --config.total_steps=N trains on',
-               start, self.total_steps, self.workdir)
+    end = min(self.run_config.get('stop_at_step') or self.total_steps, self.total_steps)
+    if start >= end:
+      log.info('Already complete (%d/%d steps) in %s; --config.%s=N trains on', start, end,
+               self.workdir, 'stop_at_step' if end < self.total_steps else 'total_steps')
       self.state = state
       saved = self.workdir / report.EVAL_JSON
       return json.loads(saved.read_text()) if saved.exists() else {}
@@ -425,11 +426,11 @@ class Trainer:
     preemption = distributed.PreemptionWatch()
     it = iter(loader)
     last = {}
-    progress = writer.progress(start, self.total_steps)
+    progress = writer.progress(start, end)
     t0, n0 = time.perf_counter(), start
     first_step = start + 1  # throughput excludes compilation, also after a rebuild
     try:
-      for step in range(start + 1, self.total_steps + 1):
+      for step in range(start + 1, end + 1):
         state, ran = self.run_hooks(state)
         if ran:
           first_step = step
@@ -438,7 +439,8 @@ class Trainer:
           state, metrics = self.train_step(state, batch)
         c, stage_end = self.config, step == self.stage.end  # the stage's settings
         preempted = preemption.reached(step)
-        if step % c.log_every == 0 or stage_end or preempted:
+        stopping = preempted or step == end < self.total_steps
+        if step % c.log_every == 0 or stage_end or stopping:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           dt = time.perf_counter() - t0
           last['examples_per_sec'] = (step - n0) * c.batch_size / dt
@@ -451,11 +453,14 @@ class Trainer:
           evals, details = self.evaluate(state)
           writer.write_eval(step, evals, details)
           t0 = time.perf_counter()
-        if step % c.checkpoint_every == 0 or stage_end or preempted:
+        if step % c.checkpoint_every == 0 or stage_end or stopping:
           self.save(state, loader, metrics)
         if preempted:
           log.warning('Stopped at step %d with a checkpoint; the same command resumes.', step)
           break
+        if stopping:
+          log.info('Stopped at step %d of %d (stop_at_step) with a checkpoint; a larger '
+                   '--config.stop_at_step resumes.', step, self.total_steps)
         if step == first_step:
           jax.block_until_ready(metrics)
           t0, n0 = time.perf_counter(), step
