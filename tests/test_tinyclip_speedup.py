@@ -1,66 +1,37 @@
 """TinyCLIP's claim on the synthetic shapes: manual weight inheritance + affinity mimicking
-gets within 5 points of the teacher's zero-shot accuracy in fewer steps than a student of
-the same size trained from scratch, with InfoNCE or with affinity mimicking.
+gets within 5 points of the teacher's zero-shot accuracy (shape and colour) in fewer steps
+than a student of the same size trained from scratch with affinity mimicking.
 
-The same experiment as notebooks/tinyclip_distillation.ipynb at a smaller student budget.
-Each student runs at its best learning rate of the sweep {1e-3, 2e-3, 4e-3} in the notebook.
+`benchmarks/tinyclip_speedup.py` at seed 0, each student on the benchmark's 1500-step
+schedule but stopped once past the steps the three seeds measured (`stop_at_step`), so the
+scratch student's steps are reached, not censored by the budget.
 """
-import math
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from clipjax.config_base import load_config
-from clipjax.evaluate import report
-from clipjax.train.loop import Trainer
-
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER_STEPS = 1000  # the quickstart recipe run longer: held-out shape ~0.72, colour ~1.0
-STUDENT_STEPS = 250
-EVAL_EVERY = 25
-EVAL_SAMPLES = 1000
-KEYS = ('shapes_shape/zeroshot_top1', 'shapes_colour/zeroshot_top1')
-# name -> (method, inherit, lr)
-STUDENTS = {'infonce_scratch': ('clip', 'none', 2e-3),
-            'affinity_scratch': ('tinyclip', 'none', 4e-3),
-            'affinity_inherited': ('tinyclip', 'manual', 2e-3)}
+spec = importlib.util.spec_from_file_location('tinyclip_speedup', ROOT / 'benchmarks/tinyclip_speedup.py')
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
 
-
-def schedule(config, steps, eval_every):
-  config.total_steps = steps
-  config.eval_every = eval_every
-  config.checkpoint_every = steps
-  config.log_every = steps
-  for spec in config.evals.values():
-    spec.num_samples = EVAL_SAMPLES
-  return config
-
-
-def steps_to_teacher(history, teacher):
-  """First evaluated step within 5 points of the teacher on every task (inf if none)."""
-  hits = [r['step'] for r in history if all(r[k] >= teacher[k] - 0.05 for k in KEYS)]
-  return hits[0] if hits else math.inf
+STEPS, EVAL_EVERY = 1500, 50
+# Measured (python benchmarks/tinyclip_speedup.py --seeds 0 1 2; teacher shape 0.706,
+# colour 0.998): steps to within 5 points on both tasks, inherited 200 / 250 / 100,
+# affinity from scratch 550 / 750 / 650 (speed-up 2.8x-6.5x), InfoNCE from scratch
+# 1000 / 1250 / 800. Stopped past the seeds' most; the speed-up asserted at the seeds'
+# least (2.75) less one evaluation of the inherited student (550 / 250 = 2.2).
+STOP = {'affinity_inherited': 300, 'affinity_scratch': 800}
+MIN_SPEEDUP = 2.2
 
 
 @pytest.mark.slow
-def test_inherited_student_reaches_teacher_first(tmp_path):
-  config = load_config(str(ROOT / 'configs/quickstart.py'))
-  config.data.digit_fraction = 0.0  # as configs/tinyclip_quickstart.py's students
-  config.evals = {k: config.evals[k] for k in ('shapes_shape', 'shapes_colour')}
-  config = schedule(config, TEACHER_STEPS, TEACHER_STEPS)
-  trainer = Trainer(config, tmp_path / 'teacher')
-  result = trainer.train()
-  teacher = {k: result[k] for k in KEYS}
-  folder = str(trainer.export_checkpoint(tmp_path / 'teacher_export'))
-  steps = {}
-  for name, (method, inherit, lr) in STUDENTS.items():
-    config = load_config(str(ROOT / 'configs/tinyclip_quickstart.py'), f'{folder},{inherit}')
-    config.method = method
-    config.optim.lr = lr
-    Trainer(schedule(config, STUDENT_STEPS, EVAL_EVERY), tmp_path / name).train()
-    history = report.read_jsonl(tmp_path / name / 'eval_history.jsonl')
-    steps[name] = steps_to_teacher(history, teacher)
-  print(f'teacher {teacher}; steps to teacher-5 points on every task: {steps}')
-  assert steps['affinity_inherited'] <= STUDENT_STEPS, (teacher, steps)
-  assert steps['affinity_inherited'] < min(steps['infonce_scratch'], steps['affinity_scratch']), (
-      teacher, steps)
+def test_inherited_student_reaches_teacher_sooner(tmp_path):
+  folder, teacher = bench.train_teacher(str(tmp_path / 'teacher'))
+  steps = {name: bench.train_student(name, folder, teacher, 0, STEPS, EVAL_EVERY,
+                                     str(tmp_path / name), stop_at=stop)
+           for name, stop in STOP.items()}
+  print(f'teacher {teacher}; steps to teacher-5 points on both tasks: {steps}')
+  assert steps['affinity_scratch'] <= STOP['affinity_scratch'], (teacher, steps)  # it finishes
+  assert steps['affinity_scratch'] >= MIN_SPEEDUP * steps['affinity_inherited'], (teacher, steps)
