@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: longer end-to-end tests (still run in CI)')
+  # Many tests compile the same tiny programs (one Trainer: ~8 s, 2 s from the cache), in
+  # both xdist workers and their subprocesses: share JAX's persistent compilation cache.
+  # A cached executable is the one a fresh compile gives, so results are bit for bit the same.
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                        os.path.join(tempfile.gettempdir(), f'clipjax-tests-jax-cache-{os.getuid()}'))
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 600, env=None) -> str:
