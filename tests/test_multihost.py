@@ -310,6 +310,13 @@ json.dump({'argv': sys.argv[1:], 'env': {k: v for k, v in os.environ.items()
 """
 
 
+def launcher_env(**extra):
+  """This environment without JAX_/CLIPJAX_ variables (the suite sets some), so RECORD sees
+  only what a launcher sets."""
+  return {**{k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'CLIPJAX_'))},
+          **extra}
+
+
 def fake_bin(tmp_path, **scripts):
   """A directory of executables to put first on PATH."""
   bin_dir = tmp_path / 'bin'
@@ -341,7 +348,7 @@ def test_slurm_dry_run_prints_the_srun_command_it_would_run(tmp_path):
   printed = dry_run('slurm_gpu.sbatch', dict(slurm, _args=ARGS))
   assert printed.splitlines()[-1].startswith('srun --kill-on-bad-exit=1 ')
   subprocess.run(['bash', '-c', printed], check=True, timeout=60,
-                 env=dict(os.environ, PATH=slurm['PATH'], RECORD=str(record)))
+                 env=launcher_env(PATH=slurm['PATH'], RECORD=str(record)))
   got = json.loads(record.read_text())
   assert got['argv'] == ['-m', 'clipjax.main', *ARGS]
   assert got['env'] == {'JAX_COORDINATOR_ADDRESS': 'gpu01:24242', 'JAX_NUM_PROCESSES': '16',
@@ -378,7 +385,7 @@ def test_tpu_dry_run_prints_create_copy_install_start_and_follow(tmp_path):
   (venv / 'python').chmod(0o755)
   assert '--worker=all' in start
   subprocess.run(['bash', '-c', start[-1]], cwd=home, check=True, timeout=60,
-                 env=dict(os.environ, RECORD=str(tmp_path / 'record.json')))
+                 env=launcher_env(RECORD=str(tmp_path / 'record.json')))
   t0 = time.time()
   while not (home / 'clipjax-run.rc').exists() and time.time() - t0 < 30:
     time.sleep(0.1)
