@@ -16,13 +16,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from clipjax.evaluate.report import read_jsonl  # pylint: disable=wrong-import-position
+
 COLUMNS = {'shape': 'shapes_shape/zeroshot_top1', 'colour': 'shapes_colour/zeroshot_top1',
            'digits': 'digits/zeroshot_top1', 'digits probe': 'digits_probe/linear_probe_top1'}
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def run(config, seed, workdir):
