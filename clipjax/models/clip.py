@@ -37,8 +37,12 @@ class CLIPModel(nn.Module):
       self.logit_bias = self.param('logit_bias', nn.with_logical_partitioning(
           nn.initializers.constant(self.init_logit_bias), ()), ())
 
-  def encode_image(self, images, keep_indices=None, masks=None):
-    return self.visual(images, keep_indices, masks)[0]
+  def encode_image(self, images, keep_indices=None, masks=None, token_keep=None):
+    return self.visual(images, keep_indices, masks, token_keep)[0]
+
+  def encode_image_pooled(self, images, keep_indices=None, token_keep=None):
+    """(projected embedding, the pooled token before the projection)."""
+    return self.visual(images, keep_indices, token_keep=token_keep)[:2]
 
   def encode_text(self, ids, masks=None):
     return self.textual(ids, masks)[0]

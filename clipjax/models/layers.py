@@ -81,10 +81,23 @@ def attention(q, k, v, mask=None):
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
+def first_query_weights(q, k, keep=None):
+  """Softmax attention weights of the first query (the class token) [B, H, T] in float32."""
+  logits = jnp.einsum('bhd,bkhd->bhk', q[:, 0], k, preferred_element_type=jnp.float32)
+  logits = logits * q.shape[-1] ** -0.5
+  if keep is not None:
+    logits = jnp.where(keep[:, None, :], logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1)
+
+
 class MultiHeadAttention(nn.Module):
   """`implementation`: 'xla' (reference, any mask) or a `clipjax.kernels.attention` kernel
   ('chunked', 'pallas', 'auto'), which takes a per-key keep mask and causality only.
-  `head_dim` defaults to width // heads; zero heads (all pruned) leave only the output bias."""
+  `head_dim` defaults to width // heads; zero heads (all pruned) leave only the output bias.
+
+  When the 'intermediates' collection is mutable, the first query's attention weights
+  [B, H, T] are sown as `cls_attention` (A-CLIP's relevance score): one row, computed
+  beside the kernel, so no implementation materialises the [T, T] map for it."""
   heads: int
   dtype: Dtype = jnp.float32
   implementation: str = 'xla'
@@ -101,6 +114,8 @@ class MultiHeadAttention(nn.Module):
         kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
         bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))
     q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
+    if self.heads and self.is_mutable_collection('intermediates'):
+      self.sow('intermediates', 'cls_attention', first_query_weights(q, k, keep))
     if self.heads == 0:
       out = q
     elif self.implementation == 'xla':

@@ -34,7 +34,8 @@ class TextTransformer(nn.Module):
   @nn.compact
   def __call__(self, ids, masks=None):
     """ids: [B, L] int32; masks: structured masks (clipjax.models.layers).
-    Returns (pooled projected embedding [B, output_dim], tokens)."""
+    Returns (pooled projected embedding [B, output_dim], tokens). Keys past the
+    end-of-text token (padding) are masked out of attention."""
     if ids.shape[-1] > self.context_length:
       raise ValueError(f'text length {ids.shape[-1]} exceeds context_length {self.context_length}')
     embed = self.param('token_embed', logical_param(nn.initializers.normal(0.02), ('vocab', 'embed')),
@@ -48,12 +49,14 @@ class TextTransformer(nn.Module):
     hidden = None if masks is None else masks['hidden']
     if hidden is not None:
       x = x * hidden
+    eot = eot_positions(ids, self.eot_token_id)
+    keep = jnp.arange(length)[None, :] <= eot[:, None]
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
                     causal=True, attention_impl=self.attention_impl, head_dim=self.head_dim,
                     layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(
-                        x, masks=masks)
+                        x, keep, masks=masks)
     x = layer_norm('ln_final', dtype=self.dtype)(x, hidden)
-    pooled = x[jnp.arange(x.shape[0]), eot_positions(ids, self.eot_token_id)]
+    pooled = x[jnp.arange(x.shape[0]), eot]
     proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),
                       (self.width, self.output_dim))
     return constrain(pooled @ proj.astype(self.dtype), ('batch', 'act_embed')), x

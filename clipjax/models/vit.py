@@ -54,12 +54,19 @@ class VisionTransformer(nn.Module):
   layer_mlp: Optional[tuple] = None
 
   @nn.compact
-  def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None, masks=None):
-    """images: [B, H, W, 3] normalised; keep_indices: [B, K] patch indices to keep;
-    masks: structured masks (clipjax.models.layers), 'cls' or 'gap' pooling.
+  def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None, masks=None,
+               token_keep: Optional[jnp.ndarray] = None):
+    """images: [B, H, W, 3] normalised; masks: structured masks (clipjax.models.layers),
+    'cls' or 'gap' pooling. Patch tokens are dropped one of two ways (A-CLIP, FLIP):
+    keep_indices [B, K] gathers the kept patches (the sequence shrinks, and the cost with
+    it); token_keep bool [B, N] keeps every patch but masks the dropped ones out of every
+    attention's keys (and of 'gap' pooling): fixed shapes, the same outputs, full cost.
 
-    Returns (pooled projected embedding [B, output_dim], tokens [B, T, width]).
+    Returns (projected embedding [B, output_dim], pooled [B, width] before the projection,
+    tokens [B, T, width] before ln_post).
     """
+    if keep_indices is not None and token_keep is not None:
+      raise ValueError('VisionTransformer: give keep_indices or token_keep, not both')
     x = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
                 padding='VALID', use_bias=False, dtype=self.dtype, name='patch_embed',
                 kernel_init=logical_param(nn.initializers.lecun_normal(), (None, None, None, 'embed')))(
@@ -75,11 +82,14 @@ class VisionTransformer(nn.Module):
       x = x + pos
     if keep_indices is not None:
       x = jnp.take_along_axis(x, keep_indices[..., None], axis=1)
+    keep = token_keep
     if self.pool == 'cls':
       cls = self.param('cls_token', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed',)),
                        (self.width,)).astype(self.dtype)
       cls = jnp.broadcast_to(cls + pos[0], (b, 1, self.width))
       x = jnp.concatenate([cls, x], axis=1)
+      if keep is not None:
+        keep = jnp.concatenate([jnp.ones((b, 1), bool), keep.astype(bool)], axis=1)
     hidden = None if masks is None else masks['hidden']
     if hidden is not None:
       x = x * hidden
@@ -87,13 +97,16 @@ class VisionTransformer(nn.Module):
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.act, self.remat, self.dtype,
                     attention_impl=self.attention_impl, head_dim=self.head_dim,
                     layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(
-                        x, masks=masks)
+                        x, keep, masks=masks)
     if self.pool == 'cls':
       pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0], hidden)
     elif self.pool == 'gap':
-      pooled = layer_norm('ln_post', dtype=self.dtype)(x.mean(axis=1), hidden)
-    elif masks is not None:
-      raise ValueError(f'Structured masks support pool "cls" and "gap", not {self.pool!r}')
+      mean = x.mean(axis=1) if keep is None else (
+          jnp.sum(x * keep[..., None], axis=1) / jnp.sum(keep, axis=1, keepdims=True).astype(x.dtype))
+      pooled = layer_norm('ln_post', dtype=self.dtype)(mean, hidden)
+    elif masks is not None or keep is not None:
+      raise ValueError(f'Structured masks and token_keep support pool "cls" and "gap", '
+                       f'not {self.pool!r}')
     elif self.pool == 'map':
       pooled = MAPHead(self.heads, self.mlp_ratio, self.act, self.dtype, name='map_head')(
           layer_norm('ln_post', dtype=self.dtype)(x))
@@ -101,4 +114,4 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'Unknown vision pool {self.pool!r}; use cls, map or gap.')
     proj = self.param('proj', logical_param(nn.initializers.normal(self.width ** -0.5), ('embed', None)),
                       (self.width, self.output_dim))
-    return constrain(pooled @ proj.astype(self.dtype), ('batch', 'act_embed')), x
+    return constrain(pooled @ proj.astype(self.dtype), ('batch', 'act_embed')), pooled, x
