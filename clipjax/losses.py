@@ -48,6 +48,32 @@ def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation=
   return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / n
 
 
+def simclr_loss(a, b, temperature):
+  """SLIP's image-image NT-Xent over the global batch: row i of `a` is scored against
+  every row of `b` and every other row of `a` (its own similarity masked), its positive
+  is row i of `b`; the same from `b`'s side; the mean of both cross-entropies. `a`, `b`
+  L2-normalised [N, D]."""
+  n = a.shape[0]
+  labels = jnp.arange(n)
+  self_mask = jnp.eye(n, dtype=bool)
+
+  def side(x, y):
+    xy = _logits(x, y, 1.0 / temperature)
+    xx = jnp.where(self_mask, -1e9, _logits(x, x, 1.0 / temperature))
+    logits = jnp.concatenate([xy, xx], axis=1)
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - xy[labels, labels])
+  return 0.5 * (side(a, b) + side(b, a))
+
+
+def byol_loss(online, target):
+  """BYOL's regression, 2 - 2 cos(online, target) averaged over rows; no gradient into
+  `target`."""
+  target = jax.lax.stop_gradient(target)
+  normalise = lambda x: x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+  cos = jnp.sum(normalise(online.astype(jnp.float32)) * normalise(target.astype(jnp.float32)), -1)
+  return jnp.mean(2.0 - 2.0 * cos)
+
+
 def affinity_mimicking_loss(student_img, student_txt, teacher_img, teacher_txt,
                             student_scale, teacher_scale, *, implementation='auto', mesh=None):
   """TinyCLIP affinity mimicking: soft-target CE of student affinities vs the teacher's.

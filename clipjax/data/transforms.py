@@ -11,7 +11,7 @@ arrays whose keys the method declares (`Method.example_batch`). It may raise
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 # OpenAI CLIP normalisation, the default everywhere open_clip users expect it.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -69,6 +69,38 @@ def random_resized_crop(image, size: int, rng, scale=DEFAULT_AUGMENT['scale'],
     image = Image.fromarray(image)
   box = random_resized_crop_box(image.height, image.width, rng, scale, ratio)
   return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)
+
+
+def adjust_hue(image: Image.Image, factor: float) -> Image.Image:
+  """Hue rotated by `factor` of a turn in HSV (torchvision's PIL path, uint8 wrap-around)."""
+  h, s, v = image.convert('HSV').split()
+  shifted = (np.asarray(h, np.int16) + int(factor * 255)) % 256
+  return Image.merge('HSV', (Image.fromarray(shifted.astype(np.uint8), 'L'), s, v)).convert('RGB')
+
+
+def colour_augment(image: Image.Image, rng, jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8,
+                   grayscale_p=0.2, blur_p=0.1, blur_sigma=(0.1, 2.0),
+                   solarize_p=0.2) -> Image.Image:
+  """SLIP / A-CLIP's colour augmentations on an RGB PIL image, each with its probability:
+  torchvision's ColorJitter (brightness, contrast, saturation factors uniform in
+  [1 - x, 1 + x], hue shift uniform in [-x, x], applied in random order), random
+  grayscale, Gaussian blur (sigma uniform in `blur_sigma`) and solarisation at 128."""
+  if rng.random() < jitter_p:
+    b, c, s, h = jitter
+    factors = [rng.uniform(max(0.0, 1 - b), 1 + b), rng.uniform(max(0.0, 1 - c), 1 + c),
+               rng.uniform(max(0.0, 1 - s), 1 + s), rng.uniform(-h, h)]
+    ops = [lambda im, f: ImageEnhance.Brightness(im).enhance(f),
+           lambda im, f: ImageEnhance.Contrast(im).enhance(f),
+           lambda im, f: ImageEnhance.Color(im).enhance(f), adjust_hue]
+    for i in rng.permutation(4):
+      image = ops[i](image, factors[i])
+  if rng.random() < grayscale_p:
+    image = image.convert('L').convert('RGB')
+  if rng.random() < blur_p:
+    image = image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*blur_sigma)))
+  if rng.random() < solarize_p:
+    image = ImageOps.solarize(image, 128)
+  return image
 
 
 def to_size(image, size: int) -> np.ndarray:

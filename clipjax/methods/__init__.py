@@ -4,6 +4,7 @@ import importlib
 from clipjax.methods.base import EvalView, Hook, HookContext, Method
 
 _METHODS = {
+    'aclip': 'clipjax.methods.aclip',
     'clip': 'clipjax.methods.clip',
     'protoclip': 'clipjax.methods.protoclip',
     'siglip': 'clipjax.methods.siglip',

@@ -343,9 +343,12 @@ class Trainer:
       if sharded:  # the towers' activation constraints apply to whole batches only
         wrap = lambda fn: sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
         view = evaluate.EvalView(wrap(view.encode_image), wrap(view.encode_text), view.variables)
+      # Evaluation normalises images as training does (data.mean / data.std, e.g. ImageNet's).
+      norm = {k: tuple(self.config.data[k]) for k in ('mean', 'std')
+              if self.config.data.get(k) is not None}
       self._encoder = evaluate.Encoder(
           view, self.tokenizer, context_length=self.config.model.context_length,
-          image_size=self.config.model.image_size, batch_size=batch_size,
+          image_size=self.config.model.image_size, batch_size=batch_size, **norm,
           batch_sharding=sharding.batch_sharding(self.mesh) if sharded else None)
     self._encoder.variables = view.variables
     details = {}
