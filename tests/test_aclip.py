@@ -1,5 +1,6 @@
 """A-CLIP: the mask geometry and the losses against float64 numpy re-statements of the
 released code, the views, both keep paths, the EMA, exact resume, EMA evaluation."""
+import json
 import shutil
 from pathlib import Path
 
@@ -276,3 +277,34 @@ def test_evaluation_and_export_see_the_ema_when_asked(tmp_path):
 def test_bad_configs_stop_at_start_naming_the_key(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
     Trainer(small_config(**overrides), tmp_path)
+
+
+SHARDED = r'''
+import json, jax, numpy as np, tempfile
+from tests.test_aclip import small_config
+from tests.test_train import run_steps
+from clipjax.train.loop import Trainer
+out = {}
+for name, mesh, devices in (('one', dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]),
+                            ('d2f2t2', dict(data=2, fsdp=2, tensor=2), None)):
+  t = Trainer(small_config(mesh=mesh), tempfile.mkdtemp(), devices=devices)
+  state, losses = run_steps(t, 2)
+  out[name] = dict(losses=losses, ema=str(
+      t.state_sharding.aux['ema']['clip']['visual']['transformer']['block_0']['mlp']['fc1']['kernel'].spec),
+      params=[np.asarray(x).ravel()[:50].tolist() for x in jax.tree_util.tree_leaves(state.params)]
+             + [np.asarray(x).ravel()[:50].tolist() for x in jax.tree_util.tree_leaves(state.aux)])
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_sharded_steps_equal_single_device(python_subprocess):
+  """Data, FSDP and tensor axes together: the same losses, params and EMA as one device
+  (BatchNorm statistics, masks and the SimCLR term all span the global batch); the EMA
+  is sharded like the params it follows."""
+  out = json.loads(python_subprocess(SHARDED, devices=8).strip().splitlines()[-1])
+  ref, got = out['one'], out['d2f2t2']
+  assert got['ema'] in ("P('fsdp', 'tensor')", "PartitionSpec('fsdp', 'tensor')")
+  np.testing.assert_allclose(got['losses'], ref['losses'], rtol=1e-6)
+  for a, b in zip(got['params'], ref['params']):
+    np.testing.assert_allclose(a, b, rtol=0, atol=5e-7)
