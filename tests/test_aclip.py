@@ -182,7 +182,7 @@ def test_views_boxes_and_colour():
     assert te <= min(t1, t2) and le <= min(l1, l2)
     assert te + he >= max(t1 + h1, t2 + h2) and le + we >= max(l1 + w1, l2 + w2)
     assert 0 <= te and te + he <= 64 and 0 <= le and le + we <= 48
-    assert row['noise'].shape == (16,) and set(row) == set(method.example_batch(1))
+    assert row['noise'].shape == (2, 16) and set(row) == set(method.example_batch(1))
     np.testing.assert_array_equal(row['boxes'], same['boxes'])  # colour draws come after
     coloured_differs += not np.allclose(row['image_1'], same['image_1'])
     np.testing.assert_array_equal(row['image_ema'], same['image_ema'])

@@ -186,7 +186,8 @@ def zoom_out_box(a, b, height: int, width: int, rng):
 
 class AttentiveViews:
   """Record -> {'image_1', 'image_2', 'image_ema' (normalised), 'boxes' f32 [3, 4] (top,
-  left, height, width in source pixels), 'noise' f32 [g * g] (the random mask's), 'text'}:
+  left, height, width in source pixels), 'noise' f32 [2, g * g] (each view's random
+  mask), 'text'}:
   two random resized crops (with `colour` augmentation when given; no flip, which would
   break the boxes) and the zoom-out EMA view, unaugmented. Picklable."""
 
@@ -210,7 +211,7 @@ class AttentiveViews:
       out[name] = np.multiply(np.asarray(view, np.uint8), self.base.scale, dtype=np.float32)
       out[name] += self.base.offset
     out['boxes'] = np.array([[y0, x0, y1 - y0, x1 - x0] for x0, y0, x1, y1 in boxes], np.float32)
-    out['noise'] = rng.random(self.grid * self.grid, dtype=np.float32)
+    out['noise'] = rng.random((2, self.grid * self.grid), dtype=np.float32)
     out['text'] = self.base._tokens(record['caption'])  # pylint: disable=protected-access
     return out
 
@@ -252,7 +253,7 @@ class ACLIP(CLIP):
     image = np.zeros((batch_size, m.image_size, m.image_size, 3), np.float32)
     return dict({name: image for name in VIEWS}, text=np.zeros((batch_size, m.context_length), np.int32),
                 boxes=np.zeros((batch_size, 3, 4), np.float32),
-                noise=np.zeros((batch_size, self.grid ** 2), np.float32))
+                noise=np.zeros((batch_size, 2, self.grid ** 2), np.float32))
 
   # ---------------------------------------------------------------- state
 
@@ -297,8 +298,8 @@ class ACLIP(CLIP):
     if a.mask == 'none':
       return (None, None), target
     if a.mask == 'random':
-      noise = batch['noise'].reshape(-1, g, g)
-      return (top_blocks(noise, a.mask_block, a.keep_ratio),) * 2, target
+      noise = batch['noise'].reshape(-1, 2, g, g)
+      return tuple(top_blocks(noise[:, v], a.mask_block, a.keep_ratio) for v in (0, 1)), target
     scores = jax.lax.stop_gradient(class_attention(inter['intermediates'])).reshape(-1, g, g)
     boxes = batch['boxes']
     return tuple(top_blocks(reproject(scores, boxes[:, 2], boxes[:, v]), a.mask_block,
