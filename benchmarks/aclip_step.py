@@ -31,7 +31,7 @@ def config(path, batch_size, **overrides):
   c.model.dtype = 'float32'
   if c.model.name != 'tiny':  # synthetic data and a small tokenizer at the paper's shapes
     c.data = load_config(str(CONFIGS / 'quickstart.py')).data
-    c.model.image_size, c.tokenizer.vocab_size = 224, 49408
+    c.tokenizer.vocab_size = 49408
   c.update_from_flattened_dict(overrides)
   return c
 

@@ -51,8 +51,8 @@ def get_config(mask: str = 'attentive') -> ConfigDict:
   c.batch_size = BATCH
   c.total_steps = STEPS_PER_EPOCH * EPOCHS
   c.log_every, c.eval_every, c.checkpoint_every = 100, STEPS_PER_EPOCH, STEPS_PER_EPOCH // 2
-  c.model = ConfigDict(dict(name='ViT-B/16', context_length=77, dtype='bfloat16',
-                            text=dict(act='quick_gelu')))
+  c.model = ConfigDict(dict(name='ViT-B/16', image_size=224, context_length=77,
+                            dtype='bfloat16', text=dict(act='quick_gelu')))
   c.tokenizer.vocab_size = 49408
   c.data = common.synthetic_data(train_num_samples=15_000_000)
   c.data.update(dict(format='csv', train='yfcc15m/train.csv', num_workers=32,

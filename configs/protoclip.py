@@ -37,7 +37,7 @@ def get_config(variant: str = '') -> ConfigDict:
   c.batch_size = BATCH
   c.total_steps = STEPS_PER_EPISODE * EPISODES
   c.log_every, c.eval_every, c.checkpoint_every = 100, STEPS_PER_EPISODE * 10, STEPS_PER_EPISODE
-  c.model = ConfigDict(dict(name='ViT-B/32', context_length=77, act='quick_gelu',
+  c.model = ConfigDict(dict(name='ViT-B/32', image_size=224, context_length=77, act='quick_gelu',
                             dtype='bfloat16'))
   c.tokenizer.vocab_size = 49408
   c.data = common.synthetic_data(train_num_samples=2_500_000)

@@ -209,5 +209,6 @@ def test_the_paper_recipe_config():
   c.model.vocab_size = 49408
   method = ProtoCLIP(c)
   assert (method.steps_per_episode, method.episodes, method.lit_start) == (390, 400, 398)
+  assert method.example_batch(1)['image'].shape == (1, 224, 224, 3)  # model.image_size is set
   assert dict(match='clip/visual/.*', decay_steps=398 * 390) in method.optim_rules()
   assert c.protoclip.k == 20_000 and c.protoclip.kmeans.restarts == 3

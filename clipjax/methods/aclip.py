@@ -32,8 +32,11 @@ init (`freeze_patch_embed`), the class token is weight-decayed, the EMA text tow
 the token and position embeddings and final norm with the online one and serves
 evaluation only (`eval_ema`), and the EMA target head's BatchNorm uses batch statistics.
 The resampling of scores into the crops is one bilinear sample per patch centre (the
-release upsamples to the crop's pixels, crops, and downsamples). A-CLIP-eff is not
-implemented: its recipe is in neither the release nor the spec.
+release upsamples to the crop's pixels, crops, and downsamples); crops are resized
+bicubic, as clipjax's CLIP crops (torchvision's default in the release is bilinear).
+Under gradient accumulation the EMA branch runs twice per micro-batch (embedding and
+back-propagation passes), and BatchNorm statistics are per micro-batch. A-CLIP-eff is
+not implemented: its recipe is in neither the release nor the spec.
 
 Config (`config.aclip`): mask, keep_path, keep_ratio, mask_block, ema_momentum, eval_ema,
 freeze_patch_embed, crop_scale, colour (null: none; else `colour_augment`'s keywords),
@@ -161,16 +164,18 @@ def top_blocks(scores, block: int, ratio: float):
 
 
 def class_attention(intermediates) -> jnp.ndarray:
-  """Sown class-token attention rows [B, H, T] of every block -> mean over blocks and
-  heads, class token dropped [B, T - 1]."""
-  rows = jax.tree_util.tree_leaves(intermediates)
-  return jnp.mean(jnp.stack(rows), axis=(0, 2))[:, 1:]
+  """Sown class-token attention rows [B, H, T] of every block -> mean over heads, then
+  over blocks (blocks may differ in heads), class token dropped [B, T - 1]."""
+  rows = [r.mean(axis=1) for r in jax.tree_util.tree_leaves(intermediates)]
+  return jnp.mean(jnp.stack(rows), axis=0)[:, 1:]
 
 
-def ema_momentum(step, total_steps: int, start: float):
-  """1 - (1 - start) (1 + cos(pi t / T)) / 2: `start` at 0, 1 at the end."""
-  t = jnp.minimum(step, total_steps) / max(total_steps, 1)
-  return 1.0 - (1.0 - start) * (1.0 + jnp.cos(jnp.pi * t)) / 2.0
+def ema_weight(step, total_steps: int, start: float):
+  """1 - m_t for the momentum m_t = 1 - (1 - start) (1 + cos(pi t / T)) / 2 (`start` at
+  0, 1 at the end), as (1 - start) sin^2(pi (T - t) / 2T): in float32, 1 - m or 1 + cos
+  would lose the small weight near the end."""
+  left = (total_steps - jnp.minimum(step, total_steps)) / max(total_steps, 1)
+  return (1.0 - start) * jnp.sin(jnp.pi * left / 2.0) ** 2
 
 
 # ------------------------------------------------------------------ data
@@ -228,12 +233,14 @@ class ACLIP(CLIP):
                             a.byol.dim)
     vision = self.clip_model.vision
     self.grid = vision['image_size'] // vision['patch_size']
-    checks = [(a.mask in ('attentive', 'random', 'none'), 'mask', "'attentive', 'random' or 'none'"),
+    checks = [(a.mask in ('attentive', 'random', 'none'), 'mask',
+               "'attentive', 'random' or 'none'"),
               (a.keep_path in ('gather', 'mask'), 'keep_path', "'gather' or 'mask'"),
               (0 < a.keep_ratio <= 1, 'keep_ratio', 'in (0, 1]'),
               (a.mask_block > 0 and self.grid % a.mask_block == 0, 'mask_block',
                f'a divisor of the {self.grid}x{self.grid} patch grid'),
-              (vision.get('pool', 'cls') == 'cls', 'model.pool', "'cls' (the heads read the class token)")]
+              (vision.get('pool', 'cls') == 'cls', 'model.pool',
+               "'cls' (the heads read the class token)")]
     for ok, key, want in checks:
       if not ok:
         value = vision.get('pool') if key == 'model.pool' else a[key]
@@ -251,7 +258,8 @@ class ACLIP(CLIP):
   def example_batch(self, batch_size: int = 1) -> dict:
     m = self.config.model
     image = np.zeros((batch_size, m.image_size, m.image_size, 3), np.float32)
-    return dict({name: image for name in VIEWS}, text=np.zeros((batch_size, m.context_length), np.int32),
+    return dict({name: image for name in VIEWS},
+                text=np.zeros((batch_size, m.context_length), np.int32),
                 boxes=np.zeros((batch_size, 3, 4), np.float32),
                 noise=np.zeros((batch_size, 2, self.grid ** 2), np.float32))
 
@@ -341,9 +349,9 @@ class ACLIP(CLIP):
   def after_step(self, state):
     """EMA towards the updated params (the release's update at the next step's start),
     then the temperature clamped to [0, ln 100]."""
-    m = ema_momentum(state.step, self.config.total_steps, self.a.ema_momentum)
+    w = ema_weight(state.step, self.config.total_steps, self.a.ema_momentum)
     params = select(state.variables()['params'], EMA_PARTS)
-    ema = jax.tree_util.tree_map(lambda e, p: m * e + (1 - m) * p, state.aux['ema'], params)
+    ema = jax.tree_util.tree_map(lambda e, p: e + w * (p - e), state.aux['ema'], params)
     clip = dict(state.params['clip'])
     clip['log_logit_scale'] = jnp.clip(clip['log_logit_scale'], 0.0, math.log(MAX_LOGIT_SCALE))
     return state.replace(params=dict(state.params, clip=clip), aux=dict(state.aux, ema=ema))

@@ -81,13 +81,20 @@ def attention(q, k, v, mask=None):
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
-def first_query_weights(q, k, keep=None):
-  """Softmax attention weights of the first query (the class token) [B, H, T] in float32."""
+def first_query_weights(q, k, mask=None, keep=None, causal=False):
+  """Softmax attention weights of the first query (the class token) [B, H, T] in float32,
+  under the same masks as the attention itself."""
   logits = jnp.einsum('bhd,bkhd->bhk', q[:, 0], k, preferred_element_type=jnp.float32)
   logits = logits * q.shape[-1] ** -0.5
+  allowed = jnp.ones(logits.shape, bool)
+  if mask is not None:
+    rows = jnp.broadcast_to(mask, (*logits.shape[:2], mask.shape[-2], logits.shape[-1]))
+    allowed = allowed & rows[:, :, 0]
   if keep is not None:
-    logits = jnp.where(keep[:, None, :], logits, jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(logits, axis=-1)
+    allowed = allowed & keep[:, None, :]
+  if causal:
+    allowed = allowed & (jnp.arange(logits.shape[-1]) == 0)
+  return jax.nn.softmax(jnp.where(allowed, logits, jnp.finfo(jnp.float32).min), axis=-1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -115,7 +122,7 @@ class MultiHeadAttention(nn.Module):
         bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))
     q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
     if self.heads and self.is_mutable_collection('intermediates'):
-      self.sow('intermediates', 'cls_attention', first_query_weights(q, k, keep))
+      self.sow('intermediates', 'cls_attention', first_query_weights(q, k, mask, keep, causal))
     if self.heads == 0:
       out = q
     elif self.implementation == 'xla':
