@@ -14,17 +14,16 @@ and the curves (evaluated at every quarter of each run).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from training_command import ROOT, train
+
 sys.path.insert(0, ROOT)
 
-from clipjax.evaluate.report import read_jsonl  # pylint: disable=wrong-import-position
+from clipjax.evaluate.report import read_jsonl  # pylint: disable=wrong-import-position,g-import-not-at-top
 
 METRICS = {'shape zero-shot': 'shapes_shape/zeroshot_top1',
            'colour zero-shot': 'shapes_colour/zeroshot_top1',
@@ -34,14 +33,8 @@ METRICS = {'shape zero-shot': 'shapes_shape/zeroshot_top1',
 
 def run(config, seed, steps, workdir):
   """{'seconds', 'examples/s', metric: value} of one training command."""
-  cmd = [sys.executable, '-m', 'clipjax.main', '--config', os.path.join(ROOT, 'configs', config),
-         '--workdir', workdir, f'--config.seed={seed}', f'--config.total_steps={steps}',
-         f'--config.eval_every={steps // 4}', f'--config.checkpoint_every={steps}']
-  start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-  seconds = time.perf_counter() - start
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
+  seconds = train(config, workdir, f'--config.seed={seed}', f'--config.total_steps={steps}',
+                  f'--config.eval_every={steps // 4}', f'--config.checkpoint_every={steps}')
   history = read_jsonl(os.path.join(workdir, 'eval_history.jsonl'))
   final = history[-1]
   speed = [r['examples_per_sec'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))

@@ -11,14 +11,12 @@ held-out shape/colour combinations) as mean +- standard deviation over the seeds
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from training_command import train
+
 METRICS = {'digits probe': 'digits_probe/linear_probe_top1',
            'digits zero-shot': 'digits/zeroshot_top1',
            'shape zero-shot': 'shapes_shape/zeroshot_top1',
@@ -27,14 +25,8 @@ METRICS = {'digits probe': 'digits_probe/linear_probe_top1',
 
 def run(config, seed, steps, workdir):
   """(seconds, eval.json) of one training command."""
-  cmd = [sys.executable, '-m', 'clipjax.main', '--config', os.path.join(ROOT, 'configs', config),
-         '--workdir', workdir, f'--config.seed={seed}', f'--config.total_steps={steps}',
-         f'--config.eval_every={steps}', f'--config.checkpoint_every={steps}']
-  start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-  seconds = time.perf_counter() - start
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
+  seconds = train(config, workdir, f'--config.seed={seed}', f'--config.total_steps={steps}',
+                  f'--config.eval_every={steps}', f'--config.checkpoint_every={steps}')
   with open(os.path.join(workdir, 'eval.json')) as f:
     return seconds, json.load(f)
 

@@ -10,28 +10,21 @@ random init's, the first and final logged loss, and the command's wall time.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from training_command import ROOT, train
+
 sys.path.insert(0, ROOT)
 
-from clipjax.evaluate.report import read_jsonl  # pylint: disable=wrong-import-position
+from clipjax.evaluate.report import read_jsonl  # pylint: disable=wrong-import-position,g-import-not-at-top
 
 COLUMNS = {'shape': 'shapes_shape/zeroshot_top1', 'colour': 'shapes_colour/zeroshot_top1',
            'digits': 'digits/zeroshot_top1', 'digits probe': 'digits_probe/linear_probe_top1'}
 
 
 def run(config, seed, workdir):
-  cmd = [sys.executable, '-m', 'clipjax.main', '--config', os.path.join(ROOT, 'configs', config),
-         '--workdir', workdir, f'--config.seed={seed}']
-  start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-  seconds = time.perf_counter() - start
-  if proc.returncode:
-    raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
+  seconds = train(config, workdir, f'--config.seed={seed}')
   history = read_jsonl(os.path.join(workdir, 'eval_history.jsonl'))
   losses = [r['loss'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))]
   row = {name: history[-1][key] for name, key in COLUMNS.items()}

@@ -199,9 +199,9 @@ def test_views_boxes_and_colour():
 
 def test_both_keep_paths_train_the_same(tmp_path):
   """Gathering the kept patches and masking the dropped ones out of attention give the
-  same losses and parameters after three steps."""
-  a, la = run_steps(Trainer(small_config(), tmp_path / 'a'), 3)
-  b, lb = run_steps(Trainer(small_config(**{'aclip.keep_path': 'mask'}), tmp_path / 'b'), 3)
+  same losses and parameters after two steps."""
+  a, la = run_steps(Trainer(small_config(), tmp_path / 'a'), 2)
+  b, lb = run_steps(Trainer(small_config(**{'aclip.keep_path': 'mask'}), tmp_path / 'b'), 2)
   np.testing.assert_allclose(la, lb, rtol=1e-5)
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
@@ -263,22 +263,20 @@ def test_each_views_mask_comes_from_the_ema_attention_in_its_box(tmp_path):
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
   """Micro-batches of 8 against the batch of 16. Without the head terms (whose BatchNorm
   statistics are per micro-batch) the steps are the same: each example keeps its masks
-  and every negative counts. With them, the first loss (same params) agrees to 1%."""
+  and every negative counts."""
   plain = {'aclip.weights.simclr': 0.0, 'aclip.weights.byol': 0.0}
   full, full_losses = run_steps(Trainer(small_config(**plain), tmp_path / 'a'), 2)
   acc, acc_losses = run_steps(Trainer(small_config(grad_accum_steps=2, **plain), tmp_path / 'b'), 2)
   np.testing.assert_allclose(acc_losses, full_losses, rtol=1e-5)
   for x, y in zip(jax.tree_util.tree_leaves(acc.params), jax.tree_util.tree_leaves(full.params)):
     np.testing.assert_allclose(x, y, atol=2e-5)
-  _, full = run_steps(Trainer(small_config(), tmp_path / 'c'), 1)
-  _, split = run_steps(Trainer(small_config(grad_accum_steps=2), tmp_path / 'd'), 1)
-  np.testing.assert_allclose(split, full, rtol=0.01)
 
 
-def test_a_killed_run_resumes_exactly(tmp_path):
+def test_a_killed_run_resumes_exactly_and_evaluates_its_ema(tmp_path):
   """Checkpoints at 3 and 6: a run cut after 3 resumes to the same logs and the same
-  state, EMA included, bit for bit."""
-  config = small_config(total_steps=6, checkpoint_every=3, log_every=1)
+  state, EMA included, bit for bit. With `eval_ema`, evaluation and export see the EMA."""
+  config = small_config(total_steps=6, checkpoint_every=3, log_every=1,
+                        **{'aclip.eval_ema': True})
   full = Trainer(config, tmp_path / 'full')
   full.train()
   rows = logged(tmp_path / 'full')
@@ -291,6 +289,19 @@ def test_a_killed_run_resumes_exactly(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(resumed.state)),
                   jax.tree_util.tree_leaves(jax.device_get(full.state))):
     np.testing.assert_array_equal(a, b)
+  state, method = resumed.state, resumed.method
+  images = method.example_batch(2)['image_1'] + 0.5
+  view = method.eval_view(state)
+  got = view.encode_image(view.variables, images)
+  ema_params = aclip.overlay(state.variables()['params'], state.aux['ema'])['clip']
+  np.testing.assert_allclose(got, method.clip_model.apply({'params': ema_params}, images,
+                                                          method='encode_image'), atol=1e-6)
+  online = method.clip_model.apply({'params': state.variables()['params']['clip']}, images,
+                                   method='encode_image')
+  assert np.abs(np.asarray(got - online)).max() > 1e-5
+  model, params = method.export(state)
+  np.testing.assert_allclose(model.apply({'params': params}, images, method='encode_image'),
+                             got, atol=1e-6)
 
 
 def test_the_paper_recipe_config():
@@ -304,24 +315,6 @@ def test_the_paper_recipe_config():
   assert (c.total_steps, c.batch_size) == (25 * 3662, 4096)
   assert len(c.evals.imagenet.templates) == 7 and c.aclip.colour.jitter_p == 0.8
   assert dict(match='clip/visual/patch_embed/.*', frozen=True) in method.optim_rules()
-
-
-def test_evaluation_and_export_see_the_ema_when_asked(tmp_path):
-  trainer = Trainer(small_config(total_steps=3, **{'aclip.eval_ema': True}), tmp_path)
-  trainer.train()
-  state, method = trainer.state, trainer.method
-  images = method.example_batch(2)['image_1'] + 0.5
-  view = method.eval_view(state)
-  got = view.encode_image(view.variables, images)
-  ema_params = aclip.overlay(state.variables()['params'], state.aux['ema'])['clip']
-  np.testing.assert_allclose(got, method.clip_model.apply({'params': ema_params}, images,
-                                                          method='encode_image'), atol=1e-6)
-  online = method.clip_model.apply({'params': state.variables()['params']['clip']}, images,
-                                   method='encode_image')
-  assert np.abs(np.asarray(got - online)).max() > 1e-5
-  model, params = method.export(state)
-  np.testing.assert_allclose(model.apply({'params': params}, images, method='encode_image'),
-                             got, atol=1e-6)
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -374,7 +367,8 @@ def test_the_published_curve_at_a_quarter_of_the_run(tmp_path):
   lands within the seeds' spread: at least their minimum - 0.03."""
   from clipjax.evaluate.report import read_jsonl  # pylint: disable=g-import-not-at-top
   c = load_config(str(ROOT / 'configs/aclip_quickstart.py'))
-  c.update(dict(stop_at_step=500, eval_every=500, checkpoint_every=500))
+  c.update(dict(stop_at_step=500, eval_every=500, checkpoint_every=500, eval_at_start=False))
+  c.evals = {k: c.evals[k] for k in ('digits_probe', 'shapes_colour')}
   Trainer(c, tmp_path).train()
   last = read_jsonl(tmp_path / 'eval_history.jsonl')[-1]
   assert last['step'] == 500
