@@ -14,23 +14,15 @@ from clipjax.config_base import load_config
 from clipjax.methods import aclip
 from clipjax.train.loop import Trainer
 from tests.test_method_interface import cut_after, logged
-from tests.test_train import run_steps
+from tests.test_train import run_steps, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_config(variant='attentive', **overrides):
-  c = load_config(str(ROOT / 'configs/aclip_quickstart.py'), variant)
-  c.batch_size = 16
-  c.data.train_num_samples = 2000
-  c.tokenizer.train_captions = 300
-  c.data.digit_fraction = 0.0
-  c.loss_implementation = 'xla'
-  c.evals = {}
-  c.aclip.update(dict(simclr=dict(hidden=32, dim=16, temperature=0.1, released=False),
-                      byol=dict(hidden=32, dim=16)))
-  c.update_from_flattened_dict(overrides)
-  return c
+  heads = {'aclip.simclr.hidden': 32, 'aclip.simclr.dim': 16, 'aclip.byol.hidden': 32,
+           'aclip.byol.dim': 16}
+  return tiny_config(ROOT / 'configs/aclip_quickstart.py', variant, **{**heads, **overrides})
 
 
 # ---------------------------------------------------------------- the mask, as released
@@ -331,7 +323,7 @@ def test_bad_configs_stop_at_start_naming_the_key(tmp_path, overrides, message):
 SHARDED = r'''
 import json, jax, numpy as np, tempfile
 from tests.test_aclip import small_config
-from tests.test_train import run_steps
+from tests.test_train import run_steps, tiny_config
 from clipjax.train.loop import Trainer
 out = {}
 for name, mesh, devices in (('one', dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]),

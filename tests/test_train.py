@@ -15,8 +15,9 @@ from clipjax.train.loop import Trainer
 QUICKSTART = Path(__file__).resolve().parents[1] / 'configs/quickstart.py'
 
 
-def tiny_config(**overrides):
-  c = load_config(str(QUICKSTART))
+def tiny_config(path=QUICKSTART, variant=None, **overrides):
+  """A config file (the quickstart's by default) shrunk to test size, then `overrides`."""
+  c = load_config(str(path), variant)
   c.batch_size = 16
   c.data.train_num_samples = 2000
   c.tokenizer.train_captions = 300
