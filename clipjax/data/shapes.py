@@ -59,7 +59,7 @@ HELDOUT_COMBOS = frozenset(
     for s in range(len(SHAPES)) for k in range(2))
 TRAIN_COMBOS = frozenset(
     (s, c) for s in SHAPES for c in COLOURS) - HELDOUT_COMBOS
-_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2, 'digit': 3}
+_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2, 'digit': 3, 'digit_task': 4}
 _NUMBER_WORDS = {2: 'two', 3: 'three'}
 
 
@@ -268,6 +268,19 @@ SHAPE_TEMPLATES = ['a {}', 'an image showing a {}', 'a picture of a {}', 'there 
 COLOUR_TEMPLATES = ['a {} object', 'a {} shape', 'an image showing a {} thing',
                     'a {} thing']
 POSITION_TEMPLATES = ['a shape {}', 'an object {}', 'an image showing a thing {}']
+
+
+def digit_task(image_size: int = 32, num_samples: int = 500, seed: int = 0) -> ZeroShotTask:
+  """'shapes_digits': drawn digits as the training data draws them (`digit_fraction`),
+  labelled 0-9; beside scikit-learn's handwritten digits, the same task in another domain."""
+  images, labels = [], []
+  for index in range(num_samples):
+    rng = _rng(seed, 'digit_task', index)
+    digit, colour = sample_digit(rng)
+    images.append(draw_digit(digit, colour, image_size, rng))
+    labels.append(digit)
+  return ZeroShotTask([str(d) for d in range(10)], ['a photo of the number: "{}".'],
+                      np.stack(images), np.asarray(labels, np.int64))
 
 
 def zeroshot_tasks(image_size: int = 32, num_samples: int = 500, seed: int = 0) -> dict:

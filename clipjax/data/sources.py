@@ -414,6 +414,25 @@ class ArrayRecordSource(_MapSource):
     return f'ArrayRecordSource({self.spec!r}, {len(self)} records)'
 
 
+class ImageSetSource:
+  """Random-access {'image': uint8 [S, S, 3], 'label', 'index'} records of a labelled
+  image set (`clipjax.evaluate.datasets.ImageSet`): classifiers trained by the loop on
+  the sets evaluators read (NMTune's downstream tasks)."""
+
+  def __init__(self, image_set):
+    self.image_set, self.classnames = image_set, list(image_set.classnames)
+
+  def __len__(self) -> int:
+    return len(self.image_set)
+
+  def __getitem__(self, index: int) -> dict:
+    images, labels = self.image_set.get([int(index)])
+    return {'image': images[0], 'label': np.int64(labels[0]), 'index': np.int64(index)}
+
+  def __repr__(self):
+    return f'ImageSetSource({len(self)} images, {len(self.classnames)} classes)'
+
+
 def pack_record(sample: dict) -> bytes:
   """Serialises one WebDataset-layout sample for ArrayRecordSource."""
   return msgpack.packb(sample, use_bin_type=True)

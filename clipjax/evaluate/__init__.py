@@ -12,14 +12,16 @@ against an `Encoder`; results are flat "<name>/<metric>" floats:
   evals.shapes_ret = dict(type='retrieval', dataset='shapes', num_samples=256)
   evals.probe = dict(type='linear_probe', dataset='sklearn_digits')
   evals.c10 = dict(type='linear_probe', dataset='cifar10', data_dir=D)  # train / test splits
+  evals.ood = dict(type='classifier', dataset='sklearn_digits', part='all')  # own head
 
-Options per type are the keyword arguments of ZeroShotEvaluator, RetrievalEvaluator and
-LinearProbeEvaluator. Metrics: zeroshot_{top1,top5,mean_per_class_recall};
-{image_to_text,text_to_image}_R@{1,5,10}; linear_probe_{top1,top5,mean_per_class_recall,
-log10_C}. An evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`.
+Options per type are the keyword arguments of ZeroShotEvaluator, RetrievalEvaluator,
+LinearProbeEvaluator and ClassifierEvaluator. Metrics: zeroshot_{top1,top5,
+mean_per_class_recall}; {image_to_text,text_to_image}_R@{1,5,10}; linear_probe_{top1,top5,
+mean_per_class_recall,log10_C}; classifier_{top1,top5,mean_per_class_recall}. An evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`.
 """
 from typing import Optional
 
+from clipjax.evaluate.classifier import ClassifierEvaluator
 from clipjax.evaluate.encoder import Encoder, EvalView
 from clipjax.evaluate.linear_probe import LinearProbeEvaluator, fit_linear_probe
 from clipjax.evaluate.metrics import classification_metrics, retrieval_metrics
@@ -30,6 +32,7 @@ EVALUATORS = {
     'zeroshot': ZeroShotEvaluator,
     'retrieval': RetrievalEvaluator,
     'linear_probe': LinearProbeEvaluator,
+    'classifier': ClassifierEvaluator,
 }
 
 
@@ -69,7 +72,7 @@ def run_evaluators(evaluators: dict, encoder, details: Optional[dict] = None) ->
 
 
 __all__ = [
-    'Encoder', 'EvalView', 'EVALUATORS', 'LinearProbeEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
+    'ClassifierEvaluator', 'Encoder', 'EvalView', 'EVALUATORS', 'LinearProbeEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
     'build_evaluators', 'classification_metrics', 'fit_linear_probe', 'retrieval_metrics',
     'run_evaluators', 'zeroshot_classifier', 'zeroshot_metrics',
 ]

@@ -126,8 +126,12 @@ def sklearn_digits(image_size: int) -> ImageSet:
 
 
 def shapes_task(name: str, image_size: int, num_samples: int = 500, seed: int = 0) -> ImageSet:
-  """One of `clipjax.data.shapes.zeroshot_tasks` (held-out shape/colour/position combos)."""
+  """One of `clipjax.data.shapes.zeroshot_tasks` (held-out shape/colour/position combos)
+  or 'shapes_digits' (`clipjax.data.shapes.digit_task`)."""
   from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
+  if name == 'shapes_digits':
+    task = shapes.digit_task(image_size=image_size, num_samples=num_samples, seed=seed)
+    return array_set(task.images, task.labels, task.classnames, task.templates, image_size)
   tasks = shapes.zeroshot_tasks(image_size=image_size, num_samples=num_samples, seed=seed)
   if name not in tasks:
     raise KeyError(f'Unknown shapes task {name!r}; clipjax.data.shapes.zeroshot_tasks has '
@@ -218,6 +222,10 @@ def load_image_set(image_size: int, *, dataset: Optional[str] = None,
   if (dataset is None) == (image_folder_path is None):
     raise ValueError('give exactly one of dataset=... or image_folder=..., got '
                      f'dataset={dataset!r}, image_folder={image_folder_path!r}')
+  built_in = dataset == 'sklearn_digits' or (dataset or '').startswith('shapes_')
+  if tfds_kwargs and (image_folder_path is not None or built_in):
+    raise TypeError(f'{dataset or image_folder_path}: unexpected keyword argument '
+                    f'{", ".join(repr(k) for k in sorted(tfds_kwargs))} (TFDS sets only)')
   if image_folder_path is not None:
     return image_folder(image_folder_path, image_size, classnames)
   if dataset == 'sklearn_digits':
@@ -234,6 +242,59 @@ def load_image_set(image_size: int, *, dataset: Optional[str] = None,
                        f'{len(image_set.classnames)} classes')
     image_set.classnames = names
   return image_set
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple:
+  """(keep, held) index arrays: `fraction` of every class held out (at least one when
+  the class has two or more examples), seeded and reproducible."""
+  rng = np.random.default_rng(seed)
+  keep, held = [], []
+  for label in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == label))
+    n_held = int(round(fraction * len(members)))
+    n_held = min(max(n_held, 1 if len(members) > 1 else 0), len(members) - 1)
+    held.append(members[:n_held])
+    keep.append(members[n_held:])
+  return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def subset(image_set: ImageSet, indices) -> ImageSet:
+  """The rows `indices` of a set, renumbered from 0."""
+  indices = np.asarray(indices, np.int64)
+  return dataclasses.replace(image_set, size=len(indices),
+                             get=lambda idx: image_set.get(indices[np.asarray(idx)]))
+
+
+def has_own_splits(dataset: Optional[str], image_folder_path: Optional[str] = None,
+                   test_image_folder: Optional[str] = None) -> bool:
+  """False for sets a test part is held out of: built-ins (sklearn_digits, shapes_*) and
+  a single image folder."""
+  if image_folder_path is not None:
+    return test_image_folder is not None
+  return not (dataset == 'sklearn_digits' or (dataset or '').startswith('shapes_'))
+
+
+def load_part(image_size: int, *, part: str = 'train', test_fraction: float = 0.5,
+              seed: int = 0, dataset: Optional[str] = None,
+              image_folder: Optional[str] = None, test_image_folder: Optional[str] = None,
+              split: Optional[str] = None, **kwargs) -> ImageSet:
+  """The 'train' or 'test' part of a labelled set (or 'all' of it). Sets with splits of
+  their own read `split` (default: the part's name; a test image folder for 'test');
+  the others hold out a stratified `test_fraction` with seed + 1, the rows the linear
+  probe holds out, so a model tuned on 'train' is never scored on its training images."""
+  if part not in ('train', 'test', 'all'):
+    raise ValueError(f"image set part must be 'train', 'test' or 'all', got {part!r}")
+  if has_own_splits(dataset, image_folder, test_image_folder):
+    folder = test_image_folder if part == 'test' and image_folder is not None else image_folder
+    return load_image_set(image_size, dataset=dataset, image_folder_path=folder,
+                          split=split or part, seed=seed, **kwargs)
+  image_set = load_image_set(image_size, dataset=dataset, image_folder_path=image_folder,
+                             seed=seed, **kwargs)
+  if part == 'all':
+    return image_set
+  labels = np.concatenate([labels for _, labels in iterate(image_set)])
+  keep, held = stratified_split(labels, test_fraction, seed + 1)
+  return subset(image_set, keep if part == 'train' else held)
 
 
 def embed(encoder, image_set: ImageSet, indices=None, chunk: int = 1024) -> tuple:

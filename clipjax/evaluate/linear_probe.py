@@ -22,6 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from clipjax.evaluate import datasets
+from clipjax.evaluate.datasets import stratified_split
 from clipjax.evaluate.metrics import classification_metrics
 
 LOG10_C_START = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
@@ -67,20 +68,6 @@ def sweep_c(train_x, train_y, val_x, val_y, max_iter: int = 1000) -> float:
     model = fit_logistic(train_x, train_y, 10.0 ** log_c, max_iter)
     return float(np.mean(model.predict(val_x) == val_y))
   return parametric_search(score)
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple:
-  """(keep, held) index arrays: `fraction` of every class held out (at least one when
-  the class has two or more examples), seeded and reproducible."""
-  rng = np.random.default_rng(seed)
-  keep, held = [], []
-  for label in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == label))
-    n_held = int(round(fraction * len(members)))
-    n_held = min(max(n_held, 1 if len(members) > 1 else 0), len(members) - 1)
-    held.append(members[:n_held])
-    keep.append(members[n_held:])
-  return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
 def fit_linear_probe(train_x, train_y, test_x, test_y, val_x=None, val_y=None,
@@ -129,9 +116,8 @@ class LinearProbeEvaluator:
     self.common = dict(dataset=dataset, data_dir=data_dir, num_samples=num_samples, seed=seed)
     self.folders = dict(train=image_folder, test=test_image_folder)
     self.splits = dict(train=train_split, test=test_split, val=val_split)
-    built_in = dataset == 'sklearn_digits' or (dataset or '').startswith('shapes_')
-    single_folder = image_folder is not None and test_image_folder is None
-    self.has_splits = not (built_in or single_folder)  # else a test_fraction is held out
+    # Else a test_fraction is held out (datasets.load_part holds out the same rows).
+    self.has_splits = datasets.has_own_splits(dataset, image_folder, test_image_folder)
     self.val_fraction, self.test_fraction = val_fraction, test_fraction
     self.max_train_examples, self.seed = max_train_examples, seed
     self.max_iter, self.chunk = max_iter, chunk

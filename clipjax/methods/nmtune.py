@@ -1,0 +1,253 @@
+"""NMTune (Chen et al., "Understanding and Mitigating the Label Noise in Pre-training on
+Downstream Tasks", ICLR 2024; Hhhhhhao/Noisy-Model-Learning): tune a small MLP and a
+classifier on a frozen encoder's features so that the noise its pretraining data carried
+hurts the downstream task less. The encoder is a black box: only its features are used,
+never its gradients.
+
+    f = F(x)                                  frozen, any CLIP checkpoint `clipjax.convert` reads
+    z = alpha * (W2 relu(BN(W1 f + b1)) + b2) + f     W1: D -> 4D; alpha [D] learned, init 1
+    y^ = Wc z + bc
+
+Each step takes B labelled images in two views (weak, strong; the `data.augment` crop,
+no RandAugment, as the official `--use-weak-strong=False`) and forwards all 2B rows:
+
+    L = CE(y^, [y; y]) + 1.0 * mse(z_s/|z_s|, sg(f_w)/|f_w|)     (mean over B*D elements)
+        + 0.04 * (1/D) sum_{a!=b} C_ab^2,  C = cov(z) over 2B rows (N-1)
+        - 0.001 * mean(top-5 of s/sum(s)),  s = svdvals(z) (uncentred)
+
+The baselines are the same module: `mlp=False` with every weight 0 is the linear probe
+(LP) and `mlp=True` with weights 0 the MLP probe (configs/nmtune_quickstart.py:lp, :mlp).
+The MLP's BatchNorm trains on the 2B rows and evaluates on its running statistics.
+
+Config (`config.nmtune`):
+  backbone: the frozen encoder, a checkpoint of any `clipjax.convert` format (a run's
+    `--config.mode=export` folder, an HF/OpenAI/open_clip CLIP); its projected image
+    embedding, unnormalised, is f.
+  num_classes: classes of the training set (`data.format='image_set'`), checked against it.
+  mlp, mlp_ratio, res_scale_init: the module above.
+  mse_weight, cov_weight, svd_weight, svd_top_k: the loss.
+
+Evaluation uses the tuned head itself (`type='classifier'` evaluators: the eval view
+returns class scores). Not implemented: features read from files of an encoder that
+cannot be run (an API's outputs); the encoder here is always a checkpoint.
+"""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipjax import sharding
+from clipjax.data import transforms
+from clipjax.evaluate import EvalView
+from clipjax.methods.base import Method
+from clipjax.methods.teacher import load_teacher, teacher_model
+
+
+def _torch_uniform(fan_in: int):
+  """PyTorch's default nn.Linear init for weights and biases: U(-1/sqrt(fan_in), ...)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
+class NMTuneHead(nn.Module):
+  """f [N, D] -> (z [N, D], logits [N, C]); `mlp=False` is a linear classifier on f."""
+  num_classes: int
+  mlp: bool = True
+  mlp_ratio: int = 4
+  res_scale_init: float = 1.0
+
+  @nn.compact
+  def __call__(self, f, train: bool):
+    dim = f.shape[-1]
+    z = f
+    if self.mlp:
+      hidden = dim * self.mlp_ratio
+      h = nn.Dense(hidden, kernel_init=_torch_uniform(dim), bias_init=_torch_uniform(dim),
+                   name='fc1')(f)
+      h = nn.BatchNorm(momentum=0.9, epsilon=1e-5, name='bn')(h, use_running_average=not train)
+      g = nn.Dense(dim, kernel_init=_torch_uniform(hidden), bias_init=_torch_uniform(hidden),
+                   name='fc2')(nn.relu(h))
+      alpha = self.param('res_scale', nn.initializers.constant(self.res_scale_init), (dim,))
+      z = alpha * g + f
+    logits = nn.Dense(self.num_classes, name='head',  # kaiming_uniform: U(+-sqrt(6/fan_in))
+                      kernel_init=nn.initializers.variance_scaling(2.0, 'fan_in', 'uniform'),
+                      bias_init=nn.initializers.zeros)(z)
+    return z, logits
+
+
+# ------------------------------------------------------------------ equations
+
+def _unit(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def consistency_loss(z_strong, f_weak):
+  """Mean over elements of (z_s/|z_s| - sg(f_w)/|f_w|)^2 (nn.MSELoss on unit rows)."""
+  return jnp.mean((_unit(z_strong) - jax.lax.stop_gradient(_unit(f_weak))) ** 2)
+
+
+def covariance_loss(z):
+  """(1/D) sum of squared off-diagonal covariances of z's columns, over N-1."""
+  n, d = z.shape
+  centred = z - z.mean(axis=0)
+  cov = centred.T @ centred / (n - 1)
+  return (jnp.sum(cov ** 2) - jnp.sum(jnp.diagonal(cov) ** 2)) / d
+
+
+def dominant_singular_loss(z, k: int = 5):
+  """-mean of the top-k normalised singular values of the uncentred z (minimised, it
+  raises them: the official `loss -= mean(s[:5] / s.sum())`)."""
+  s = jnp.linalg.svd(z, compute_uv=False)
+  return -jnp.mean((s / jnp.sum(s))[:k])
+
+
+# ------------------------------------------------------------------ data
+
+class LabelledViews:
+  """{'image_weak', 'image_strong': f32 [S, S, 3] normalised, 'label': i32}: two random
+  resized crops of a labelled image (both the resized image when `augment` is None)."""
+
+  def __init__(self, image_size: int, augment=None, mean=transforms.CLIP_MEAN,
+               std=transforms.CLIP_STD):
+    self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+    self.augment = None if augment is None else {**transforms.DEFAULT_AUGMENT, **augment}
+
+  def _view(self, image, rng):
+    if self.augment is None:
+      image = transforms.to_size(image, self.image_size)
+    else:
+      image = transforms.random_resized_crop(image, self.image_size, rng,
+                                             self.augment['scale'], self.augment['ratio'])
+    return transforms.normalize(image, self.mean, self.std).astype(np.float32)
+
+  def __call__(self, record, rng) -> dict:
+    if 'label' not in record:
+      raise ValueError(f'nmtune reads labelled images (data.format="image_set"); a record '
+                       f'has only {sorted(record)}')
+    image = record['image']
+    return {'image_weak': self._view(image, rng), 'image_strong': self._view(image, rng),
+            'label': np.int32(record['label'])}
+
+
+# ------------------------------------------------------------------ the method
+
+def _no_text(variables, ids):
+  raise ValueError('nmtune has no text tower: evaluate it with type="classifier" evaluators')
+
+
+class NMTune(Method):
+  """A tuned head on a frozen encoder, trained on labelled images."""
+
+  text_tower = False
+
+  def __init__(self, config, mesh=None, tokenizer=None):  # pylint: disable=super-init-not-called
+    self.config, self.mesh, self.tokenizer = config, mesh, tokenizer
+    t = config.nmtune
+    if not t.get('backbone'):
+      raise ValueError('nmtune: config.nmtune.backbone is empty; give a checkpoint of the '
+                       'frozen encoder (e.g. a run exported with --config.mode=export)')
+    if int(t.get('num_classes', 0)) < 2:
+      raise ValueError(f'nmtune: config.nmtune.num_classes={t.get("num_classes")} must be >= 2')
+    self.backbone_src = t.backbone
+    self.backbone = teacher_model(t.backbone, t.get('backbone_format') or None)
+    size = self.backbone.vision['image_size']
+    if config.model.image_size != size:
+      raise ValueError(f'nmtune: config.model.image_size={config.model.image_size} but the '
+                       f'backbone {t.backbone} reads {size} px images')
+    self.model = NMTuneHead(int(t.num_classes), mlp=bool(t.get('mlp', True)),
+                            mlp_ratio=int(t.get('mlp_ratio', 4)),
+                            res_scale_init=float(t.get('res_scale_init', 1.0)))
+    self.weights = {k: float(t.get(f'{k}_weight', 0.0)) for k in ('mse', 'cov', 'svd')}
+    self.top_k = int(t.get('svd_top_k', 5))
+
+  # ------------------------------------------------------------------ data
+
+  def transform(self):
+    d = self.config.data
+    plain = lambda v: v.to_dict() if hasattr(v, 'to_dict') else v
+    norm = {k: tuple(d[k]) for k in ('mean', 'std') if d.get(k) is not None}
+    return LabelledViews(self.config.model.image_size, plain(d.get('augment')), **norm)
+
+  def source(self, source):
+    classes = len(getattr(source, 'classnames', ()))
+    if classes != self.config.nmtune.num_classes:
+      raise ValueError(f'nmtune: config.nmtune.num_classes={self.config.nmtune.num_classes} '
+                       f'but the training set has {classes} classes: {source} '
+                       '(data.format="image_set" names a labelled set)')
+    return source
+
+  def example_batch(self, batch_size: int = 1) -> dict:
+    s = self.config.model.image_size
+    image = np.zeros((batch_size, s, s, 3), np.float32)
+    return {'image_weak': image, 'image_strong': image,
+            'label': np.zeros((batch_size,), np.int32)}
+
+  # ------------------------------------------------------------------ state
+
+  def init(self, rng):
+    return self.model.init(rng, jnp.zeros((1, self.backbone.embed_dim)), train=False)
+
+  def init_aux(self, variables, rng):
+    """Zeros shaped like the backbone's params: `prepare` loads them."""
+    del variables, rng
+    s = self.backbone.vision['image_size']
+    shapes = jax.eval_shape(lambda: self.backbone.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)),
+        jnp.zeros((1, self.backbone.text['context_length']), jnp.int32)))
+    return {'backbone': jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                               shapes['params'])}
+
+  def optim_rules(self):
+    return [dict(match='.*', decay_mult=1.0)]  # torch AdamW decays every tuned parameter
+
+  def prepare(self, state, previous=None):
+    if previous is not None:
+      raise ValueError('nmtune: stages and previous_stage are not supported; the frozen '
+                       'encoder is config.nmtune.backbone')
+    backbone = sharding.place_like(load_teacher(self.backbone_src,
+                                                self.config.nmtune.get('backbone_format') or None),
+                                   state.aux['backbone'])
+    return state.replace(aux=dict(state.aux, backbone=backbone))
+
+  # ------------------------------------------------------------------ the step
+
+  def features(self, backbone_params, images):
+    f = self.backbone.apply({'params': backbone_params}, images, method='encode_image')
+    return jax.lax.stop_gradient(f.astype(jnp.float32))
+
+  def loss(self, variables, aux, batch, rng):
+    del rng
+    f = self.features(aux['backbone'],
+                      jnp.concatenate([batch['image_weak'], batch['image_strong']]))
+    (z, logits), mutables = self.apply(variables, f, train=True)
+    labels = jnp.concatenate([batch['label'], batch['label']])
+    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+    f_weak, _ = jnp.split(f, 2)
+    _, z_strong = jnp.split(z, 2)
+    terms = dict(ce=ce, mse=consistency_loss(z_strong, f_weak), cov=covariance_loss(z),
+                 svd=dominant_singular_loss(z, self.top_k))
+    loss = ce + sum(w * terms[k] for k, w in self.weights.items() if w)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, dict(terms, train_accuracy=accuracy), mutables
+
+  # ------------------------------------------------------------------ host side
+
+  def eval_view(self, state):
+    """Class scores of the tuned head on the frozen features (classifier evaluators)."""
+    variables = dict(state.variables(), backbone=state.aux['backbone'])
+
+    def encode_image(v, images):
+      head_vars = {k: x for k, x in v.items() if k != 'backbone'}
+      return self.model.apply(head_vars, self.features(v['backbone'], images), train=False)[1]
+
+    return EvalView(encode_image, _no_text, variables)
+
+  def export(self, state):
+    raise ValueError('nmtune exports no CLIP model: its tuned head lives in the checkpoints '
+                     '(the frozen encoder is config.nmtune.backbone)')
+
+
+METHOD = NMTune
