@@ -116,8 +116,9 @@ MEANING = {
     'model.dtype': 'activation dtype (float32 or bfloat16); parameters stay float32',
     'model.attention_impl': 'attention: xla, chunked or pallas (clipjax/kernels)',
     'model.remat': 'recompute each block in the backward pass (memory for compute)',
-    'data.format': 'synthetic, wds (tar shards), array_record, csv or image_set (labelled; '
-                   'data.image_set: clipjax.evaluate.datasets.load_part arguments)',
+    'data.format': 'synthetic, wds (tar shards), array_record, csv, image_set (labelled; '
+                   'data.image_set: clipjax.evaluate.datasets.load_part arguments) or '
+                   'features (an .npz of features and labels in data.train)',
     'data.train': 'shards as a brace pattern or list, or the csv/array_record path',
     'data.train_num_samples': 'samples of the synthetic source',
     'data.digit_fraction': 'share of drawn digits among the synthetic shapes',

@@ -10,6 +10,13 @@ scikit-learn's handwritten digits (out of domain).
   ... configs/nmtune_quickstart.py:lp    the linear-probe baseline (head on f, lr 1e-2)
   ... configs/nmtune_quickstart.py:mlp   the MLP baseline (NMTune's module, no regularisers)
 
+A black box's outputs instead of a checkpoint (.npz files of `features` and `labels`,
+`clipjax.data.sources.write_features`):
+
+  python -m clipjax.main --config configs/nmtune_quickstart.py:nmtune,features \
+      --workdir runs/nmtune_api --config.data.train=train.npz \
+      --config.evals.test.features=test.npz --config.nmtune.feature_dim=D
+
 The official protocol (`configs/nmtune.py`) at quickstart size: 30 epochs of batch 64.
 `python -m clipjax.analysis.noise_study` runs all three on CLIPs pretrained at several
 caption-noise ratios.
@@ -21,9 +28,11 @@ from clipjax import config_base as common
 VARIANTS = ('nmtune', 'mlp', 'lp')
 
 
-def get_config(variant: str = 'nmtune') -> ConfigDict:
-  if variant not in VARIANTS:
-    raise ValueError(f'configs/nmtune_quickstart.py:{variant}: variants are {VARIANTS}')
+def get_config(arg: str = 'nmtune') -> ConfigDict:
+  variant, _, inputs = arg.partition(',')
+  if variant not in VARIANTS or inputs not in ('', 'features'):
+    raise ValueError(f'configs/nmtune_quickstart.py:{arg}: use <{"|".join(VARIANTS)}>'
+                     '[,features]')
   c = common.base_config()
   c.method = 'nmtune'
   train_images, epochs = 1000, 30  # shapes_digits: 2,000 drawn, half held out for testing
@@ -52,4 +61,8 @@ def get_config(variant: str = 'nmtune') -> ConfigDict:
       digits_id=dict(type='classifier', part='test', **digits),
       digits_ood=dict(type='classifier', dataset='sklearn_digits', part='all'),
   ))
+  if inputs == 'features':  # one feature vector per image: no views, no backbone
+    c.nmtune.feature_dim = 0
+    c.data = ConfigDict(dict(format='features', train='', num_workers=0, shuffle_buffer=1000))
+    c.evals = ConfigDict(dict(test=dict(type='classifier', features='')))
   return c

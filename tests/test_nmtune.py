@@ -12,6 +12,8 @@ import pytest
 from clipjax import spectra
 from clipjax.analysis import noise_study
 from clipjax.config_base import load_config
+from clipjax.convert import native
+from clipjax.data import sources, transforms
 from clipjax.evaluate import ClassifierEvaluator, datasets
 from clipjax.evaluate.linear_probe import LinearProbeEvaluator
 from clipjax.methods import nmtune
@@ -272,6 +274,60 @@ def test_the_step_is_the_official_objective_on_the_batch(backbone, tmp_path):
   np.testing.assert_allclose(float(metrics['ce']), ce, rtol=1e-5)
 
 
+def write_black_box(backbone, folder, num_samples):
+  """What an API would return: the backbone's unnormalised features of each part."""
+  model, params = native.load_native(backbone)
+  paths = {}
+  for part in ('train', 'test'):
+    image_set = datasets.load_part(32, dataset='shapes_digits', num_samples=num_samples,
+                                   part=part)
+    images, labels = image_set.get(np.arange(len(image_set)))
+    x = transforms.normalize(images).astype(np.float32)
+    features = model.apply({'params': params}, x, method='encode_image')
+    paths[part] = str(folder / f'{part}.npz')
+    sources.write_features(paths[part], features, labels, image_set.classnames)
+  return paths, model.embed_dim
+
+
+def test_a_black_box_is_tuned_on_its_features_as_on_the_checkpoint(backbone, tmp_path):
+  """The linear probe from a features file (`data.format='features'`) and from the
+  checkpoint itself: the same rows in the same order give the same losses and the same
+  held-out accuracy (the probe reads un-augmented images, so one view is both)."""
+  paths, dim = write_black_box(backbone, tmp_path, 400)
+  ckpt = small_config(backbone, 'lp', total_steps=20, eval_every=20, log_every=5)
+  blackbox = load_config(str(CONFIG), 'lp,features')
+  blackbox.update_from_flattened_dict({
+      'total_steps': 20, 'eval_every': 20, 'log_every': 5, 'checkpoint_every': 20,
+      'data.train': paths['train'], 'evals.test.features': paths['test'],
+      'nmtune.feature_dim': dim})
+  got = Trainer(blackbox, tmp_path / 'blackbox').train()
+  want = Trainer(ckpt, tmp_path / 'ckpt').train()
+  a, b = logged(tmp_path / 'blackbox'), logged(tmp_path / 'ckpt')
+  np.testing.assert_allclose([r['ce'] for r in a], [r['ce'] for r in b], rtol=1e-5)
+  assert got['test/classifier_top1'] == pytest.approx(want['digits_id/classifier_top1'], abs=2e-3)
+
+
+def test_black_box_configs_stop_at_start_naming_the_key(backbone, tmp_path):
+  paths, dim = write_black_box(backbone, tmp_path, 60)
+  config = load_config(str(CONFIG), 'nmtune,features')
+  config.update_from_flattened_dict({'data.train': paths['train'],
+                                     'evals.test.features': paths['test'],
+                                     'nmtune.feature_dim': dim + 1})
+  with pytest.raises(ValueError, match=f'feature_dim={dim + 1} but FeatureSource'):
+    Trainer(config, tmp_path / 'a').make_loader()
+  config.nmtune.feature_dim = dim
+  config.evals.test.features = str(tmp_path / 'nope.npz')
+  with pytest.raises(FileNotFoundError, match='features file .*nope.npz.* not found'):
+    Trainer(config, tmp_path / 'b')
+  config.evals.test.features = paths['test']
+  config.nmtune.backbone = backbone
+  with pytest.raises(ValueError, match='config.nmtune.backbone must be empty'):
+    Trainer(config, tmp_path / 'c')
+  np.savez(tmp_path / 'bad.npz', features=np.zeros((3, 2)))
+  with pytest.raises(ValueError, match=r"bad.npz' lacks \['labels'\]"):
+    sources.FeatureSource(str(tmp_path / 'bad.npz'))
+
+
 def test_gradient_accumulation_is_refused(backbone, tmp_path):
   """BatchNorm and the spectral terms span the whole batch: no micro-batches."""
   with pytest.raises(ValueError, match='grad_accum_steps=2: method .nmtune. computes its loss'):
@@ -283,7 +339,8 @@ def test_gradient_accumulation_is_refused(backbone, tmp_path):
     ({'nmtune.num_classes': 6}, ValueError,
      r'num_classes=6 but the training set has 10 classes: ImageSetSource\(999 images'),
     ({'model.image_size': 24}, ValueError, r'image_size=24 but the backbone .* reads 32 px'),
-    ({'data.image_set.datset': 'x'}, TypeError, r"data.image_set=.*unexpected keyword argument 'datset'"),
+    ({'data.image_set.datset': 'x'}, TypeError,
+     r"data.image_set=.*unexpected keyword argument 'datset'"),
 ])
 def test_bad_configs_stop_at_start_naming_the_key(backbone, tmp_path, overrides, error, message):
   config = load_config(str(CONFIG))
@@ -350,7 +407,8 @@ def test_the_published_protocol_config():
   assert (c.nmtune.mse_weight, c.nmtune.cov_weight, c.nmtune.svd_weight) == (1.0, 0.04, 0.001)
   assert c.model.image_size == 224 and c.data.augment.scale == (0.9, 1.0)
   lp = load_config(str(ROOT / 'configs' / 'nmtune.py'), 'lp,domainnet')
-  assert (lp.optim.lr, lp.nmtune.mlp, lp.data.augment, lp.nmtune.svd_weight) == (1e-2, False, None, 0.0)
+  assert (lp.optim.lr, lp.nmtune.mlp, lp.data.augment, lp.nmtune.svd_weight) == (
+      1e-2, False, None, 0.0)
   assert lp.data.image_set.dataset == 'domainnet/real' and lp.nmtune.num_classes == 345
   assert sorted(lp.evals) == ['domainnet_clipart', 'domainnet_painting', 'domainnet_real',
                               'domainnet_sketch']

@@ -177,7 +177,8 @@ def main(argv):
   rows = run_study(_CONFIG.value, _WORKDIR.value)
   write_results(rows, _WORKDIR.value)
   print(markdown(rows))
-  print(f'results: {Path(_WORKDIR.value) / "results.md"}, {Path(_WORKDIR.value) / "noise_study.png"}')
+  workdir = Path(_WORKDIR.value)
+  print(f'results: {workdir / "results.md"}, {workdir / "noise_study.png"}')
 
 
 if __name__ == '__main__':

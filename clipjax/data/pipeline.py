@@ -395,9 +395,9 @@ def _plain(value):
 
 def make_source(data_config, *, image_size: int | None = None, seed: int | None = None):
   """The training source a data config names. Keys: format (synthetic | wds |
-  array_record | csv | image_set), train (pattern or path), train_num_samples, image_size,
-  seed, caption_key, csv_img_key, csv_caption_key, csv_separator, extra_columns,
-  image_set (`clipjax.evaluate.datasets.load_part` arguments: a labelled set's part).
+  array_record | csv | image_set | features), train (pattern or path),
+  train_num_samples, image_size, seed, caption_key, csv_img_key, csv_caption_key,
+  csv_separator, extra_columns, image_set (`clipjax.evaluate.datasets.load_part` arguments: a labelled set's part).
   Keyword arguments override the config's image_size and seed."""
   get = data_config.get
   fmt = get('format', 'synthetic')
@@ -410,6 +410,10 @@ def make_source(data_config, *, image_size: int | None = None, seed: int | None 
       return sources.ImageSetSource(datasets.load_part(int(image_size), **spec))
     except TypeError as e:
       raise TypeError(f'data.image_set={spec}: {e}') from None
+  if fmt == 'features':  # precomputed image features and labels (.npz), no images
+    if not get('train'):
+      raise ValueError("data.train is empty: data.format='features' needs an .npz path")
+    return sources.FeatureSource(get('train'))
   if fmt == 'synthetic':
     from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
     return shapes.ShapesSource('train', int(get('train_num_samples') or 10_000),
@@ -430,4 +434,4 @@ def make_source(data_config, *, image_size: int | None = None, seed: int | None 
                              separator=get('csv_separator'), extra_columns=extra,
                              draft_size=image_size)
   raise ValueError(f"data.format={fmt!r} is not supported; use one of "
-                   "['synthetic', 'wds', 'array_record', 'csv', 'image_set']")
+                   "['synthetic', 'wds', 'array_record', 'csv', 'image_set', 'features']")

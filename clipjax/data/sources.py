@@ -433,6 +433,50 @@ class ImageSetSource:
     return f'ImageSetSource({len(self)} images, {len(self.classnames)} classes)'
 
 
+class FeatureSource:
+  """Random-access {'feature': f32 [D], 'label', 'index'} records of precomputed image
+  features: what a black-box encoder (an API, a model that cannot run here) returned for
+  each image, read from an .npz with `features` [N, D], `labels` [N] and optionally
+  `classnames` [C] (`write_features` writes one)."""
+
+  def __init__(self, path: str):
+    try:
+      with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+      raise ValueError(f'features file {path!r}: not a readable .npz ({e})') from None
+    missing = sorted({'features', 'labels'} - set(arrays))
+    if missing:
+      raise ValueError(f'features file {path!r} lacks {missing}; it has {sorted(arrays)}')
+    self.path = path
+    self.features = np.asarray(arrays['features'], np.float32)
+    self.labels = np.asarray(arrays['labels'], np.int64)
+    if self.features.ndim != 2 or self.labels.shape != (len(self.features),):
+      raise ValueError(f'features file {path!r}: features {self.features.shape} and labels '
+                       f'{self.labels.shape} must be [N, D] and [N]')
+    default = [str(c) for c in range(int(self.labels.max(initial=-1)) + 1)]
+    self.classnames = [str(c) for c in arrays.get('classnames', default)]
+
+  def __len__(self) -> int:
+    return len(self.features)
+
+  def __getitem__(self, index: int) -> dict:
+    return {'feature': self.features[index], 'label': self.labels[index],
+            'index': np.int64(index)}
+
+  def __repr__(self):
+    return (f'FeatureSource({self.path!r}: {len(self)} x {self.features.shape[1]}, '
+            f'{len(self.classnames)} classes)')
+
+
+def write_features(path: str, features, labels, classnames=None) -> None:
+  """The .npz `FeatureSource` reads."""
+  arrays = dict(features=np.asarray(features, np.float32), labels=np.asarray(labels, np.int64))
+  if classnames is not None:
+    arrays['classnames'] = np.asarray([str(c) for c in classnames])
+  np.savez(path, **arrays)
+
+
 def pack_record(sample: dict) -> bytes:
   """Serialises one WebDataset-layout sample for ArrayRecordSource."""
   return msgpack.packb(sample, use_bin_type=True)

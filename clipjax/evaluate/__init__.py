@@ -17,7 +17,8 @@ against an `Encoder`; results are flat "<name>/<metric>" floats:
 Options per type are the keyword arguments of ZeroShotEvaluator, RetrievalEvaluator,
 LinearProbeEvaluator and ClassifierEvaluator. Metrics: zeroshot_{top1,top5,
 mean_per_class_recall}; {image_to_text,text_to_image}_R@{1,5,10}; linear_probe_{top1,top5,
-mean_per_class_recall,log10_C}; classifier_{top1,top5,mean_per_class_recall}. An evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`.
+mean_per_class_recall,log10_C}; classifier_{top1,top5,mean_per_class_recall}. An
+evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`.
 """
 from typing import Optional
 
@@ -72,7 +73,8 @@ def run_evaluators(evaluators: dict, encoder, details: Optional[dict] = None) ->
 
 
 __all__ = [
-    'ClassifierEvaluator', 'Encoder', 'EvalView', 'EVALUATORS', 'LinearProbeEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
+    'ClassifierEvaluator', 'Encoder', 'EvalView', 'EVALUATORS', 'LinearProbeEvaluator',
+    'RetrievalEvaluator', 'ZeroShotEvaluator',
     'build_evaluators', 'classification_metrics', 'fit_linear_probe', 'retrieval_metrics',
     'run_evaluators', 'zeroshot_classifier', 'zeroshot_metrics',
 ]

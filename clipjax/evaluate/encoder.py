@@ -73,19 +73,23 @@ class Encoder:
     mean = jnp.asarray(mean, jnp.float32) * 255.0
     std = jnp.asarray(std, jnp.float32) * 255.0
 
+    unit = lambda emb: emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+
     def encode_image(variables, images_uint8):
       x = (images_uint8.astype(jnp.float32) - mean) / std
-      emb = view.encode_image(variables, x).astype(jnp.float32)
-      return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+      return unit(view.encode_image(variables, x).astype(jnp.float32))
+
+    def encode_features(variables, features):
+      return unit(view.encode_image(variables, features).astype(jnp.float32))
 
     def encode_text(variables, ids):
-      emb = view.encode_text(variables, ids).astype(jnp.float32)
-      return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+      return unit(view.encode_text(variables, ids).astype(jnp.float32))
 
     # With a mesh, gather outputs to every device: multi-host runs can then read them.
     mesh = getattr(batch_sharding, 'mesh', None)
     out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._encode_image = jax.jit(encode_image, out_shardings=out)
+    self._encode_features = jax.jit(encode_features, out_shardings=out)
     self._encode_text = jax.jit(encode_text, out_shardings=out)
 
   def _run(self, fn, inputs: np.ndarray) -> np.ndarray:
@@ -108,6 +112,14 @@ class Encoder:
     if not len(images):
       raise ValueError('encode_images got no images')
     return self._run(self._encode_image, images)
+
+  def encode_features(self, features: np.ndarray) -> np.ndarray:
+    """float32 [N, F] precomputed image features -> [N, D], unit rows: for views whose
+    image input is features, not pixels (NMTune on a black-box encoder's outputs)."""
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2 or not len(features):
+      raise ValueError(f'encode_features wants float32 [N, F] with N > 0, got {features.shape}')
+    return self._run(self._encode_features, features)
 
   def encode_texts(self, texts) -> np.ndarray:
     """list of N strings -> float32 [N, D], unit rows."""

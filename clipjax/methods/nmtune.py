@@ -19,17 +19,22 @@ The baselines are the same module: `mlp=False` with every weight 0 is the linear
 (LP) and `mlp=True` with weights 0 the MLP probe (configs/nmtune_quickstart.py:lp, :mlp).
 The MLP's BatchNorm trains on the 2B rows and evaluates on its running statistics.
 
+A black box (an API, a model that cannot run here) is tuned on its outputs instead:
+`data.format='features'` reads an .npz of one feature vector per image and its label
+(`clipjax.data.sources.FeatureSource`), so both views are that vector: CE over B rows,
+the consistency term holds z to f itself, the spectral terms span the B rows.
+
 Config (`config.nmtune`):
   backbone: the frozen encoder, a checkpoint of any `clipjax.convert` format (a run's
     `--config.mode=export` folder, an HF/OpenAI/open_clip CLIP); its projected image
-    embedding, unnormalised, is f.
-  num_classes: classes of the training set (`data.format='image_set'`), checked against it.
+    embedding, unnormalised, is f. Empty with `data.format='features'`.
+  feature_dim: D of a features file (black box only).
+  num_classes: classes of the training set, checked against it.
   mlp, mlp_ratio, res_scale_init: the module above.
   mse_weight, cov_weight, svd_weight, svd_top_k: the loss.
 
-Evaluation uses the tuned head itself (`type='classifier'` evaluators: the eval view
-returns class scores). Not implemented: features read from files of an encoder that
-cannot be run (an API's outputs); the encoder here is always a checkpoint.
+Evaluation uses the tuned head itself (`type='classifier'` evaluators, on images or on a
+features file: the eval view returns class scores).
 """
 import math
 
@@ -106,6 +111,12 @@ def dominant_singular_loss(z, k: int = 5):
 
 # ------------------------------------------------------------------ data
 
+def labelled_features(record, rng) -> dict:
+  """{'feature': f32 [D], 'label': i32}: a black box's output for one image."""
+  del rng
+  return {'feature': np.asarray(record['feature'], np.float32), 'label': np.int32(record['label'])}
+
+
 class LabelledViews:
   """{'image_weak', 'image_strong': f32 [S, S, 3] normalised, 'label': i32}: two random
   resized crops of a labelled image (both the resized image when `augment` is None)."""
@@ -146,17 +157,28 @@ class NMTune(Method):
   def __init__(self, config, mesh=None, tokenizer=None):  # pylint: disable=super-init-not-called
     self.config, self.mesh, self.tokenizer = config, mesh, tokenizer
     t = config.nmtune
-    if not t.get('backbone'):
-      raise ValueError('nmtune: config.nmtune.backbone is empty; give a checkpoint of the '
-                       'frozen encoder (e.g. a run exported with --config.mode=export)')
     if int(t.get('num_classes', 0)) < 2:
       raise ValueError(f'nmtune: config.nmtune.num_classes={t.get("num_classes")} must be >= 2')
-    self.backbone_src = t.backbone
-    self.backbone = teacher_model(t.backbone, t.get('backbone_format') or None)
-    size = self.backbone.vision['image_size']
-    if config.model.image_size != size:
-      raise ValueError(f'nmtune: config.model.image_size={config.model.image_size} but the '
-                       f'backbone {t.backbone} reads {size} px images')
+    self.blackbox = config.data.get('format') == 'features'
+    if self.blackbox:
+      if t.get('backbone'):
+        raise ValueError(f'nmtune: data.format="features" tunes on precomputed features; '
+                         f'config.nmtune.backbone must be empty, got {t.backbone!r}')
+      self.backbone, self.feature_dim = None, int(t.get('feature_dim', 0))
+      if self.feature_dim < 1:
+        raise ValueError('nmtune: data.format="features" needs config.nmtune.feature_dim, '
+                         'the width of the features file')
+    else:
+      if not t.get('backbone'):
+        raise ValueError('nmtune: config.nmtune.backbone is empty; give a checkpoint of the '
+                         'frozen encoder (e.g. a run exported with --config.mode=export), or '
+                         'features with data.format="features"')
+      self.backbone = teacher_model(t.backbone, t.get('backbone_format') or None)
+      self.feature_dim = self.backbone.embed_dim
+      size = self.backbone.vision['image_size']
+      if config.model.image_size != size:
+        raise ValueError(f'nmtune: config.model.image_size={config.model.image_size} but the '
+                         f'backbone {t.backbone} reads {size} px images')
     self.model = NMTuneHead(int(t.num_classes), mlp=bool(t.get('mlp', True)),
                             mlp_ratio=int(t.get('mlp_ratio', 4)),
                             res_scale_init=float(t.get('res_scale_init', 1.0)))
@@ -166,6 +188,8 @@ class NMTune(Method):
   # ------------------------------------------------------------------ data
 
   def transform(self):
+    if self.blackbox:
+      return labelled_features
     d = self.config.data
     plain = lambda v: v.to_dict() if hasattr(v, 'to_dict') else v
     norm = {k: tuple(d[k]) for k in ('mean', 'std') if d.get(k) is not None}
@@ -177,22 +201,29 @@ class NMTune(Method):
       raise ValueError(f'nmtune: config.nmtune.num_classes={self.config.nmtune.num_classes} '
                        f'but the training set has {classes} classes: {source} '
                        '(data.format="image_set" names a labelled set)')
+    if self.blackbox and source.features.shape[1] != self.feature_dim:
+      raise ValueError(f'nmtune: config.nmtune.feature_dim={self.feature_dim} but {source} '
+                       'holds features of another width')
     return source
 
   def example_batch(self, batch_size: int = 1) -> dict:
+    label = np.zeros((batch_size,), np.int32)
+    if self.blackbox:
+      return {'feature': np.zeros((batch_size, self.feature_dim), np.float32), 'label': label}
     s = self.config.model.image_size
     image = np.zeros((batch_size, s, s, 3), np.float32)
-    return {'image_weak': image, 'image_strong': image,
-            'label': np.zeros((batch_size,), np.int32)}
+    return {'image_weak': image, 'image_strong': image, 'label': label}
 
   # ------------------------------------------------------------------ state
 
   def init(self, rng):
-    return self.model.init(rng, jnp.zeros((1, self.backbone.embed_dim)), train=False)
+    return self.model.init(rng, jnp.zeros((1, self.feature_dim)), train=False)
 
   def init_aux(self, variables, rng):
     """Zeros shaped like the backbone's params: `prepare` loads them."""
     del variables, rng
+    if self.blackbox:
+      return {}
     s = self.backbone.vision['image_size']
     shapes = jax.eval_shape(lambda: self.backbone.init(
         jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)),
@@ -207,7 +238,9 @@ class NMTune(Method):
     if previous is not None:
       raise ValueError('nmtune: stages and previous_stage are not supported; the frozen '
                        'encoder is config.nmtune.backbone')
-    backbone = sharding.place_like(load_teacher(self.backbone_src,
+    if self.blackbox:
+      return state
+    backbone = sharding.place_like(load_teacher(self.config.nmtune.backbone,
                                                 self.config.nmtune.get('backbone_format') or None),
                                    state.aux['backbone'])
     return state.replace(aux=dict(state.aux, backbone=backbone))
@@ -218,15 +251,21 @@ class NMTune(Method):
     f = self.backbone.apply({'params': backbone_params}, images, method='encode_image')
     return jax.lax.stop_gradient(f.astype(jnp.float32))
 
+  def inputs(self, aux, batch):
+    """(f [V*B, D] for the V views, labels [V*B])."""
+    if self.blackbox:
+      return batch['feature'], batch['label']
+    images = jnp.concatenate([batch['image_weak'], batch['image_strong']])
+    return (self.features(aux['backbone'], images),
+            jnp.concatenate([batch['label'], batch['label']]))
+
   def loss(self, variables, aux, batch, rng):
     del rng
-    f = self.features(aux['backbone'],
-                      jnp.concatenate([batch['image_weak'], batch['image_strong']]))
+    f, labels = self.inputs(aux, batch)
     (z, logits), mutables = self.apply(variables, f, train=True)
-    labels = jnp.concatenate([batch['label'], batch['label']])
     ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-    f_weak, _ = jnp.split(f, 2)
-    _, z_strong = jnp.split(z, 2)
+    b = len(batch['label'])
+    f_weak, z_strong = f[:b], z[-b:]  # one view: both are the only one
     terms = dict(ce=ce, mse=consistency_loss(z_strong, f_weak), cov=covariance_loss(z),
                  svd=dominant_singular_loss(z, self.top_k))
     loss = ce + sum(w * terms[k] for k, w in self.weights.items() if w)
@@ -236,7 +275,11 @@ class NMTune(Method):
   # ------------------------------------------------------------------ host side
 
   def eval_view(self, state):
-    """Class scores of the tuned head on the frozen features (classifier evaluators)."""
+    """Class scores of the tuned head on the frozen features (classifier evaluators);
+    a black box's view reads features (`Encoder.encode_features`), not images."""
+    if self.blackbox:
+      return EvalView(lambda v, f: self.model.apply(v, f, train=False)[1], _no_text,
+                      state.variables())
     variables = dict(state.variables(), backbone=state.aux['backbone'])
 
     def encode_image(v, images):

@@ -129,7 +129,7 @@ class Trainer:
     self.checkpointer = Checkpointer(self.workdir / 'checkpoints', config.keep_checkpoints)
     self.run_config = resolve_config(config, self.tokenizer)
     self.hook_context = HookContext(self)
-    self.config = self._evaluators = None
+    self.config = None
     latest = self.checkpointer.latest_step()
     self._build_at(latest or 0, self.checkpointer.restore_run(latest)['records']
                    if latest is not None else [])
@@ -156,7 +156,8 @@ class Trainer:
 
   def _build(self, config, stage, rebuilt: int) -> None:
     if self.config is None or config.get('evals') != self.config.get('evals'):
-      self._evaluators = None
+      # Built now: a mistyped evaluator stops the run at start, not at its first evaluation.
+      self._evaluators = evaluate.build_evaluators(config.get('evals') or {})
     self.config, self.stage = config, stage
     self.method = get_method(config.method)(config, mesh=self.mesh, tokenizer=self.tokenizer)
     self.model = self.method.model
@@ -329,10 +330,8 @@ class Trainer:
 
   def evaluate(self, state) -> tuple:
     """Runs the configured evaluators on the method's view -> (flat `name/metric`, arrays)."""
-    if not self.config.get('evals'):
+    if not self._evaluators:
       return {}, {}
-    if self._evaluators is None:
-      self._evaluators = evaluate.build_evaluators(self.config.evals)
     t0 = time.perf_counter()
     log.info('Evaluating step %d: %s ...', int(jax.device_get(state.step)),
              ', '.join(self.config.evals))
