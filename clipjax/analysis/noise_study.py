@@ -172,8 +172,8 @@ def write_results(rows: list, workdir) -> None:
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
+  logging.getLogger('clipjax').setLevel(logging.INFO)
   rows = run_study(_CONFIG.value, _WORKDIR.value)
   write_results(rows, _WORKDIR.value)
   print(markdown(rows))
