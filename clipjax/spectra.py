@@ -10,7 +10,7 @@ min(M, D) singular values. With s~ = s / sum(s):
 
 The paper ties slight noise to a higher SVE (small in-domain gains) and noise of any
 amount to out-of-domain losses, which NMTune's regulariser counters by raising the top
-normalised singular values (`clipjax.losses.dominant_singular_loss`).
+normalised singular values (`clipjax.methods.nmtune.dominant_singular_loss`).
 """
 import numpy as np
 

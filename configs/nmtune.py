@@ -4,7 +4,7 @@ AdamW at 1e-3 (LP: 1e-2), weight decay 1e-4 on every tuned parameter, per-step c
 without warm-up, two RandomResizedCrop(0.9-1.0) views (open_clip models).
 
   python -m clipjax.main --config configs/nmtune.py:nmtune,cifar100 --workdir runs/nm \
-      --config.nmtune.backbone=ckpts/clip-vit-b16 --config.data.image_set.data_dir=DATA
+      --config.nmtune.backbone=ckpts/clip-vit-b16
   configs/nmtune.py:lp,domainnet    train on DomainNet real, score real/sketch/painting/clipart
 
 The pretrained encoders of the paper's journal extension are CLIP ViT-B/16 trained on
@@ -12,7 +12,9 @@ CC12M+YFCC15M at caption noise 0/5/10/20/30% (global batch 8192, lr 5e-4, wd 0.1
 epoch-16 checkpoint of a 32-epoch schedule; RN50 on YFCC15M in the conference paper,
 which clipjax has no ResNet for). Pretrain one with `configs/quickstart.py`-style configs
 at `--config.data.label_noise=0.1`, or load any CLIP checkpoint `clipjax.convert` reads.
-Downstream sets are TFDS names read with `tfds.data_source` from `data_dir`.
+Downstream sets are TFDS names read with `tfds.data_source` from `data_dir` (None: TFDS's
+default folder; set it for the training set and each evaluation, e.g.
+`--config.evals.cifar100.data_dir=DATA`).
 """
 from ml_collections import ConfigDict
 
@@ -52,12 +54,12 @@ def get_config(arg: str = 'nmtune,cifar100') -> ConfigDict:
       cov_weight=0.04 if variant == 'nmtune' else 0.0,
       svd_weight=0.001 if variant == 'nmtune' else 0.0))
   c.data = ConfigDict(dict(
-      format='image_set', image_set=dict(dataset=train_set, data_dir=''), num_workers=8,
+      format='image_set', image_set=dict(dataset=train_set, data_dir=None), num_workers=8,
       shuffle_buffer=10_000,
       augment=None if variant == 'lp' else dict(scale=(0.9, 1.0))))
   c.optim.update(lr=1e-2 if variant == 'lp' else 1e-3, weight_decay=1e-4, warmup_steps=0,
                  b2=0.999, eps=1e-8, grad_clip=0.0)
   c.evals = ConfigDict({
-      name.replace('/', '_'): dict(type='classifier', dataset=name, part='test', data_dir='')
+      name.replace('/', '_'): dict(type='classifier', dataset=name, part='test', data_dir=None)
       for name in eval_sets})
   return c

@@ -10,6 +10,7 @@ import pytest
 
 from clipjax import evaluate as ev
 from clipjax.data.transforms import normalize
+from clipjax.evaluate import datasets
 from clipjax.evaluate import linear_probe as lp
 from clipjax.evaluate import report
 from clipjax.models import build_clip
@@ -215,7 +216,6 @@ def test_build_evaluators_names_the_bad_entry():
 
 
 def test_shipped_templates():
-  from clipjax.evaluate import datasets  # pylint: disable=g-import-not-at-top
   imagenet = datasets.templates_for('imagenet1k')
   assert len(imagenet) == 80 and len(set(imagenet)) == 80
   assert 'itap of a {c}.' in imagenet and 'a photo of a {c}.' in imagenet
@@ -288,7 +288,7 @@ def test_linear_probe_on_digits_with_random_vit_beats_majority(encoder):
 
 def test_stratified_split_is_disjoint_and_covers_classes():
   labels = np.repeat(np.arange(5), [10, 3, 2, 7, 1])
-  keep, held = lp.stratified_split(labels, 0.3, seed=0)
+  keep, held = datasets.stratified_split(labels, 0.3, seed=0)
   assert not set(keep) & set(held) and len(keep) + len(held) == len(labels)
   assert set(labels[keep]) == set(range(5))
   assert set(labels[held]) == {0, 1, 2, 3}  # a singleton class stays in train

@@ -9,7 +9,8 @@ Per seed and ratio r: `pretrain` with `data.label_noise=r` (r of the samples car
 another sample's caption), exported; the feature spectra of the frozen encoder on each
 `spectra` set (`clipjax.spectra`); then every `tune` variant on the export. Every run is
 an ordinary training run in its own folder (seed<s>/noise<r>/<name>), so a killed study
-resumes where it stopped and finished runs are read back, not repeated. Writes
+resumes where it stopped and finished runs are read back, not repeated (as they are: a
+changed config needs another workdir). Writes
 results.json (one row per run), results.md (mean +- std over seeds, ratios side by side)
 and noise_study.png (accuracy against noise per variant and domain; spectra).
 """
@@ -61,13 +62,6 @@ def feature_spectra(export: Path, sets: dict) -> dict:
   return out
 
 
-def tune(config, folder: Path) -> dict:
-  """One tuning run (resumed, or read back when done) -> its evaluations."""
-  results = loop.train(config, folder)
-  saved = folder / report.EVAL_JSON
-  return json.loads(saved.read_text()) if saved.exists() else results
-
-
 def run_study(study, workdir) -> list:
   """Every (seed, ratio) pretraining, spectra and tuning run -> result rows."""
   workdir = Path(workdir)
@@ -85,7 +79,7 @@ def run_study(study, workdir) -> list:
       for variant, tune_config in study.tune.items():
         config = ConfigDict(tune_config.to_dict())
         config.seed, config.nmtune.backbone = int(seed), str(export)
-        evals = tune(config, _run_dir(workdir, seed, noise, variant))
+        evals = loop.train(config, _run_dir(workdir, seed, noise, variant))  # or read back
         for key, value in evals.items():
           if key.endswith('/classifier_top1'):
             rows.append(dict(seed=seed, noise=noise, kind='top1', variant=variant,
@@ -94,11 +88,15 @@ def run_study(study, workdir) -> list:
   return rows
 
 
+def _std(values) -> float:
+  """The sample standard deviation over seeds (0 for one seed)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _cell(values) -> str:
-  values = np.asarray(values, np.float64)
   if len(values) == 1:
     return f'{values[0]:.3f}'
-  return f'{values.mean():.3f} ± {values.std(ddof=1):.3f}'
+  return f'{np.mean(values):.3f} ± {_std(values):.3f}'
 
 
 def summarise(rows: list) -> dict:
@@ -130,7 +128,7 @@ def markdown(rows: list) -> str:
 
 def plot(rows: list, path: Path) -> None:
   """Top-1 against noise per variant (one panel per set), SVE against noise, and the
-  first seed's spectra of the last set per noise ratio."""
+  first seed's spectra of the last spectra set per noise ratio."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   table = summarise(rows)
   sets = sorted({name for name, measure in table if measure not in ('sve', 'lsvr')})
@@ -142,7 +140,7 @@ def plot(rows: list, path: Path) -> None:
       if set_name == name and variant not in ('sve', 'lsvr'):
         noise = sorted(by_noise)
         ax.errorbar(percent(noise), [np.mean(by_noise[n]) for n in noise],
-                    yerr=[np.std(by_noise[n]) for n in noise], marker='o', capsize=3,
+                    yerr=[_std(by_noise[n]) for n in noise], marker='o', capsize=3,
                     label=variant)
     ax.set_title(f'{name}: top-1 after tuning')
   for (name, measure), by_noise in sorted(table.items()):
@@ -154,11 +152,13 @@ def plot(rows: list, path: Path) -> None:
   for ax in axes[:-1]:
     ax.set_xlabel('caption noise in pretraining (%)')
     ax.legend(fontsize=8)
-  first = [r for r in rows if r['kind'] == 'spectrum' and r['seed'] == rows[0]['seed']
-           and r['set'] == sets[-1]]
-  spectra.plot_spectra(axes[-1], {f'noise {r["noise"]:g}': np.asarray(r['singular_values'])
-                                  for r in first})
-  axes[-1].set_title(f'{sets[-1]}: spectra (seed {rows[0]["seed"]})')
+  spectrum_rows = [r for r in rows if r['kind'] == 'spectrum']
+  if spectrum_rows:
+    seed, name = spectrum_rows[0]['seed'], spectrum_rows[-1]['set']
+    spectra.plot_spectra(axes[-1], {
+        f'noise {r["noise"]:g}': np.asarray(r['singular_values']) for r in spectrum_rows
+        if r['seed'] == seed and r['set'] == name})
+    axes[-1].set_title(f'{name}: spectra (seed {seed})')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 

@@ -456,6 +456,9 @@ class FeatureSource:
                        f'{self.labels.shape} must be [N, D] and [N]')
     default = [str(c) for c in range(int(self.labels.max(initial=-1)) + 1)]
     self.classnames = [str(c) for c in arrays.get('classnames', default)]
+    if len(self.labels) and not 0 <= self.labels.min() <= self.labels.max() < len(self.classnames):
+      raise ValueError(f'features file {path!r}: labels must lie in [0, '
+                       f'{len(self.classnames)}), the classnames it lists')
 
   def __len__(self) -> int:
     return len(self.features)

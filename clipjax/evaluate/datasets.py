@@ -214,6 +214,11 @@ def tfds_set(name: str, image_size: int, split: str = 'test', data_dir: Optional
   return ImageSet(names, templates, len(source), get)
 
 
+def is_built_in(dataset: Optional[str]) -> bool:
+  """sklearn_digits and the synthetic shapes_* sets: generated here, without splits."""
+  return dataset == 'sklearn_digits' or (dataset or '').startswith('shapes_')
+
+
 def load_image_set(image_size: int, *, dataset: Optional[str] = None,
                    image_folder_path: Optional[str] = None, split: str = 'test',
                    data_dir: Optional[str] = None, classnames=None, num_samples: int = 500,
@@ -222,8 +227,7 @@ def load_image_set(image_size: int, *, dataset: Optional[str] = None,
   if (dataset is None) == (image_folder_path is None):
     raise ValueError('give exactly one of dataset=... or image_folder=..., got '
                      f'dataset={dataset!r}, image_folder={image_folder_path!r}')
-  built_in = dataset == 'sklearn_digits' or (dataset or '').startswith('shapes_')
-  if tfds_kwargs and (image_folder_path is not None or built_in):
+  if tfds_kwargs and (image_folder_path is not None or is_built_in(dataset)):
     raise TypeError(f'{dataset or image_folder_path}: unexpected keyword argument '
                     f'{", ".join(repr(k) for k in sorted(tfds_kwargs))} (TFDS sets only)')
   if image_folder_path is not None:
@@ -271,20 +275,24 @@ def has_own_splits(dataset: Optional[str], image_folder_path: Optional[str] = No
   a single image folder."""
   if image_folder_path is not None:
     return test_image_folder is not None
-  return not (dataset == 'sklearn_digits' or (dataset or '').startswith('shapes_'))
+  return not is_built_in(dataset)
 
 
 def load_part(image_size: int, *, part: str = 'train', test_fraction: float = 0.5,
               seed: int = 0, dataset: Optional[str] = None,
               image_folder: Optional[str] = None, test_image_folder: Optional[str] = None,
               split: Optional[str] = None, **kwargs) -> ImageSet:
-  """The 'train' or 'test' part of a labelled set (or 'all' of it). Sets with splits of
-  their own read `split` (default: the part's name; a test image folder for 'test');
-  the others hold out a stratified `test_fraction` with seed + 1, the rows the linear
-  probe holds out, so a model tuned on 'train' is never scored on its training images."""
+  """The 'train' or 'test' part of a labelled set (or 'all' of a set without splits).
+  Sets with splits of their own read `split` (default: the part's name; a test image
+  folder for 'test'); the others hold out a stratified `test_fraction` with seed + 1, the
+  rows the linear probe holds out, so a model tuned on 'train' is never scored on its
+  training images (given the same num_samples, seed and test_fraction)."""
   if part not in ('train', 'test', 'all'):
     raise ValueError(f"image set part must be 'train', 'test' or 'all', got {part!r}")
   if has_own_splits(dataset, image_folder, test_image_folder):
+    if part == 'all' or {part, split} == {'train', 'test'}:
+      raise ValueError(f'{dataset or image_folder} has splits of its own: part={part!r} '
+                       f'with split={split!r} would mix training and test images')
     folder = test_image_folder if part == 'test' and image_folder is not None else image_folder
     return load_image_set(image_size, dataset=dataset, image_folder_path=folder,
                           split=split or part, seed=seed, **kwargs)

@@ -22,7 +22,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from clipjax.evaluate import datasets
-from clipjax.evaluate.datasets import stratified_split
 from clipjax.evaluate.metrics import classification_metrics
 
 LOG10_C_START = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
@@ -80,7 +79,7 @@ def fit_linear_probe(train_x, train_y, test_x, test_y, val_x=None, val_y=None,
   train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
   train_y, test_y = np.asarray(train_y, np.int64), np.asarray(test_y, np.int64)
   if val_x is None:
-    fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
+    fit_idx, val_idx = datasets.stratified_split(train_y, val_fraction, seed)
     fit_x, fit_y, val_x, val_y = train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx]
   else:
     fit_x, fit_y = train_x, train_y
@@ -145,7 +144,8 @@ class LinearProbeEvaluator:
       if self.splits['val'] is not None and self.folders['train'] is None:
         val_x, val_y = self._embed(encoder, 'val')
     else:
-      train_idx, test_idx = stratified_split(train_y, self.test_fraction, self.seed + 1)
+      train_idx, test_idx = datasets.stratified_split(train_y, self.test_fraction,
+                                                      self.seed + 1)
       test_x, test_y = train_x[test_idx], train_y[test_idx]
       train_x, train_y = train_x[train_idx], train_y[train_idx]
     classnames = self._set(encoder.image_size, 'train').classnames

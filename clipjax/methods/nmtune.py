@@ -17,12 +17,15 @@ no RandAugment, as the official `--use-weak-strong=False`) and forwards all 2B r
 
 The baselines are the same module: `mlp=False` with every weight 0 is the linear probe
 (LP) and `mlp=True` with weights 0 the MLP probe (configs/nmtune_quickstart.py:lp, :mlp).
-The MLP's BatchNorm trains on the 2B rows and evaluates on its running statistics.
+The MLP's BatchNorm trains on the 2B rows and evaluates on its running statistics (Flax
+keeps the biased batch variance in them, torch the unbiased one: a factor 2B/(2B-1)).
 
-A black box (an API, a model that cannot run here) is tuned on its outputs instead:
-`data.format='features'` reads an .npz of one feature vector per image and its label
-(`clipjax.data.sources.FeatureSource`), so both views are that vector: CE over B rows,
-the consistency term holds z to f itself, the spectral terms span the B rows.
+Without augmentation (`data.augment=None`, the linear probe's protocol) the two views
+are the same image, so each is encoded once: one view of B rows. A black box (an API, a
+model that cannot run here) is tuned on its outputs the same way: `data.format='features'`
+reads an .npz of one feature vector per image and its label
+(`clipjax.data.sources.FeatureSource`). With one view, the consistency term holds z to
+its own f and the spectral terms span the B rows.
 
 Config (`config.nmtune`):
   backbone: the frozen encoder, a checkpoint of any `clipjax.convert` format (a run's
@@ -45,9 +48,10 @@ import numpy as np
 
 from clipjax import sharding
 from clipjax.data import transforms
-from clipjax.evaluate import EvalView
+from clipjax.evaluate import ClassifierEvaluator, EvalView
 from clipjax.methods.base import Method
 from clipjax.methods.teacher import load_teacher, teacher_model
+from clipjax.models.vit import VisionTransformer
 
 
 def _torch_uniform(fan_in: int):
@@ -118,13 +122,14 @@ def labelled_features(record, rng) -> dict:
 
 
 class LabelledViews:
-  """{'image_weak', 'image_strong': f32 [S, S, 3] normalised, 'label': i32}: two random
-  resized crops of a labelled image (both the resized image when `augment` is None)."""
+  """{'images': f32 [V, S, S, 3] normalised, 'label': i32}: two random resized crops of a
+  labelled image (weak, strong), or the resized image alone when `augment` is None."""
 
   def __init__(self, image_size: int, augment=None, mean=transforms.CLIP_MEAN,
                std=transforms.CLIP_STD):
     self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
     self.augment = None if augment is None else {**transforms.DEFAULT_AUGMENT, **augment}
+    self.views = 1 if augment is None else 2
 
   def _view(self, image, rng):
     if self.augment is None:
@@ -138,9 +143,8 @@ class LabelledViews:
     if 'label' not in record:
       raise ValueError(f'nmtune reads labelled images (data.format="image_set"); a record '
                        f'has only {sorted(record)}')
-    image = record['image']
-    return {'image_weak': self._view(image, rng), 'image_strong': self._view(image, rng),
-            'label': np.int32(record['label'])}
+    views = [self._view(record['image'], rng) for _ in range(self.views)]
+    return {'images': np.stack(views), 'label': np.int32(record['label'])}
 
 
 # ------------------------------------------------------------------ the method
@@ -175,6 +179,9 @@ class NMTune(Method):
                          'features with data.format="features"')
       self.backbone = teacher_model(t.backbone, t.get('backbone_format') or None)
       self.feature_dim = self.backbone.embed_dim
+      # Its image tower alone: aux and every checkpoint hold no text tower.
+      self.image_tower = VisionTransformer(output_dim=self.feature_dim,
+                                           dtype=self.backbone.dtype, **self.backbone.vision)
       size = self.backbone.vision['image_size']
       if config.model.image_size != size:
         raise ValueError(f'nmtune: config.model.image_size={config.model.image_size} but the '
@@ -184,6 +191,30 @@ class NMTune(Method):
                             res_scale_init=float(t.get('res_scale_init', 1.0)))
     self.weights = {k: float(t.get(f'{k}_weight', 0.0)) for k in ('mse', 'cov', 'svd')}
     self.top_k = int(t.get('svd_top_k', 5))
+    self._check_evals()
+
+  def _check_evals(self):
+    """At start: every evaluator scores this head (`classifier`) on the input kind it
+    reads, and one on the training set's test part holds out what training leaves out."""
+    plain = lambda v: v.to_dict() if hasattr(v, 'to_dict') else dict(v or {})
+    train = plain(self.config.data.get('image_set'))
+    for name, spec in plain(self.config.get('evals')).items():
+      spec, where = plain(spec), f'config.evals.{name}'
+      if spec.pop('type', None) != 'classifier':
+        raise ValueError(f'{where}: nmtune scores its own head (no text tower, class scores '
+                         'for features): use type="classifier"')
+      if self.blackbox != (spec.get('features') is not None):
+        raise ValueError(f'{where}: an nmtune run on ' + (
+            'features is scored on features=<.npz>' if self.blackbox else
+            'images is scored on dataset= or image_folder='))
+      same_set = all(spec.get(k) == train.get(k) for k in ('dataset', 'image_folder'))
+      if self.blackbox or not same_set or spec.get('part', 'test') != 'test':
+        continue
+      held, trained = (ClassifierEvaluator(**s).spec for s in (spec, dict(train, part='test')))
+      for key in ('num_samples', 'seed', 'test_fraction'):
+        if held[key] != trained[key]:
+          raise ValueError(f'{where}.{key}={held[key]} but data.image_set.{key}='
+                           f'{trained[key]}: its test part would overlap the training images')
 
   # ------------------------------------------------------------------ data
 
@@ -210,9 +241,8 @@ class NMTune(Method):
     label = np.zeros((batch_size,), np.int32)
     if self.blackbox:
       return {'feature': np.zeros((batch_size, self.feature_dim), np.float32), 'label': label}
-    s = self.config.model.image_size
-    image = np.zeros((batch_size, s, s, 3), np.float32)
-    return {'image_weak': image, 'image_strong': image, 'label': label}
+    s, views = self.config.model.image_size, self.transform().views
+    return {'images': np.zeros((batch_size, views, s, s, 3), np.float32), 'label': label}
 
   # ------------------------------------------------------------------ state
 
@@ -220,14 +250,13 @@ class NMTune(Method):
     return self.model.init(rng, jnp.zeros((1, self.feature_dim)), train=False)
 
   def init_aux(self, variables, rng):
-    """Zeros shaped like the backbone's params: `prepare` loads them."""
+    """Zeros shaped like the backbone's image tower: `prepare` loads it."""
     del variables, rng
     if self.blackbox:
       return {}
     s = self.backbone.vision['image_size']
-    shapes = jax.eval_shape(lambda: self.backbone.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)),
-        jnp.zeros((1, self.backbone.text['context_length']), jnp.int32)))
+    shapes = jax.eval_shape(lambda: self.image_tower.init(jax.random.PRNGKey(0),
+                                                          jnp.zeros((1, s, s, 3))))
     return {'backbone': jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
                                                shapes['params'])}
 
@@ -240,24 +269,26 @@ class NMTune(Method):
                        'encoder is config.nmtune.backbone')
     if self.blackbox:
       return state
-    backbone = sharding.place_like(load_teacher(self.config.nmtune.backbone,
-                                                self.config.nmtune.get('backbone_format') or None),
-                                   state.aux['backbone'])
+    t = self.config.nmtune
+    params = load_teacher(t.backbone, t.get('backbone_format') or None)
+    backbone = sharding.place_like(params['visual'], state.aux['backbone'])
     return state.replace(aux=dict(state.aux, backbone=backbone))
 
   # ------------------------------------------------------------------ the step
 
-  def features(self, backbone_params, images):
-    f = self.backbone.apply({'params': backbone_params}, images, method='encode_image')
+  def features(self, visual_params, images):
+    """f: the frozen image tower's projected embedding, unnormalised."""
+    f = self.image_tower.apply({'params': visual_params}, images)[0]
     return jax.lax.stop_gradient(f.astype(jnp.float32))
 
   def inputs(self, aux, batch):
-    """(f [V*B, D] for the V views, labels [V*B])."""
+    """(f [V*B, D], view-major: all weak rows, then all strong ones; labels [V*B])."""
     if self.blackbox:
       return batch['feature'], batch['label']
-    images = jnp.concatenate([batch['image_weak'], batch['image_strong']])
-    return (self.features(aux['backbone'], images),
-            jnp.concatenate([batch['label'], batch['label']]))
+    images = jnp.swapaxes(batch['images'], 0, 1)
+    views = images.shape[0]
+    f = self.features(aux['backbone'], images.reshape((-1,) + images.shape[2:]))
+    return f, jnp.tile(batch['label'], views)
 
   def loss(self, variables, aux, batch, rng):
     del rng

@@ -155,11 +155,11 @@ class Trainer:
     self._build(config, stage, rebuilt)
 
   def _build(self, config, stage, rebuilt: int) -> None:
-    if self.config is None or config.get('evals') != self.config.get('evals'):
-      # Built now: a mistyped evaluator stops the run at start, not at its first evaluation.
-      self._evaluators = evaluate.build_evaluators(config.get('evals') or {})
+    new_evals = self.config is None or config.get('evals') != self.config.get('evals')
     self.config, self.stage = config, stage
     self.method = get_method(config.method)(config, mesh=self.mesh, tokenizer=self.tokenizer)
+    if new_evals:  # built now: a mistyped evaluator stops the run at start, not mid-run
+      self._evaluators = evaluate.build_evaluators(config.get('evals') or {})
     self.model = self.method.model
     accum = config.get('grad_accum_steps', 1)
     if accum > 1 and type(self.method).loss is not Method.loss:
