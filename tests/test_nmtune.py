@@ -217,30 +217,6 @@ def small_config(backbone, variant='nmtune', **overrides):
   return c
 
 
-def test_tuning_learns_above_chance_in_and_out_of_domain(backbone, tmp_path):
-  """NMTune and the linear probe on a barely trained encoder's features: the loss falls
-  and both score above chance (0.1) on 500 held-out drawn digits and on the 1,797
-  handwritten ones, by more than 3 binomial standard deviations (measured: NMTune 0.27 /
-  0.16, LP 0.18 / 0.15); the backbone never changes."""
-  results = {}
-  for variant in ('nmtune', 'lp'):
-    config = small_config(backbone, variant, total_steps=120, eval_every=120,
-                          checkpoint_every=120, **{'data.image_set.num_samples': 1000,
-                                                   'evals.digits_id.num_samples': 1000})
-    trainer = Trainer(config, tmp_path / variant)
-    before = jax.device_get(trainer.initial_state().aux['backbone'])
-    results[variant] = trainer.train()
-    rows = logged(tmp_path / variant)
-    assert rows[-1]['ce'] < 0.9 * rows[0]['ce'], (variant, rows)
-    for a, b in zip(jax.tree_util.tree_leaves(before),
-                    jax.tree_util.tree_leaves(jax.device_get(trainer.state.aux['backbone']))):
-      np.testing.assert_array_equal(a, b)
-  assert {'ce', 'mse', 'cov', 'svd'} <= set(logged(tmp_path / 'nmtune')[0])
-  for variant, r in results.items():
-    assert r['digits_id/classifier_top1'] > 0.1 + 3 * np.sqrt(0.09 / 500), (variant, r)
-    assert r['digits_ood/classifier_top1'] > 0.1 + 3 * np.sqrt(0.09 / 1797), (variant, r)
-
-
 def test_a_killed_tuning_run_resumes_exactly(backbone, tmp_path):
   """Checkpoints at 3 and 6: cut after 3, the run resumes to the same logs and state
   (BatchNorm statistics included), bit for bit."""
@@ -447,10 +423,10 @@ def test_the_published_protocol_config():
 # clipjax.analysis.noise_study --config configs/noise_study_quickstart.py --workdir DIR
 # --config.seeds=0,1,2`).
 PUBLISHED_AT_10 = {
-    ('digits_id', 'lp'): (None, None, None),
-    ('digits_id', 'nmtune'): (None, None, None),
-    ('digits_ood', 'lp'): (None, None, None),
-    ('digits_ood', 'nmtune'): (None, None, None),
+    ('digits_id', 'lp'): (0.6583, 0.6723, 0.7083),
+    ('digits_id', 'nmtune'): (0.6963, 0.6983, 0.7423),
+    ('digits_ood', 'lp'): (0.2499, 0.3066, 0.3317),
+    ('digits_ood', 'nmtune'): (0.2866, 0.3216, 0.3383),
 }
 
 
