@@ -170,6 +170,25 @@ def test_image_set_parts_are_disjoint_and_the_probe_holds_out_the_same_rows():
     datasets.load_part(16, dataset='cifar10', part='train', split='test')
 
 
+def test_an_image_folder_splits_without_decoding_and_reads_one_image_in_place(tmp_path,
+                                                                           monkeypatch):
+  """Labels come from the folder names (no image is opened to split the set), and the
+  training pipeline's one-image reads run in the calling thread, not a new pool each."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for c, colour in enumerate(('red', 'blue')):
+    (tmp_path / colour).mkdir()
+    for i in range(4):
+      Image.new('RGB', (20, 20), colour).save(tmp_path / colour / f'{i}.png')
+  opened = []
+  real_open = Image.open
+  monkeypatch.setattr(Image, 'open', lambda *a, **k: opened.append(a) or real_open(*a, **k))
+  train = datasets.load_part(16, image_folder=str(tmp_path), part='train')
+  assert not opened and len(train) == 4 and sorted(train.labels) == [0, 0, 1, 1]
+  monkeypatch.setattr(datasets.concurrent.futures, 'ThreadPoolExecutor', None)
+  record = sources.ImageSetSource(train)[0]
+  assert record['image'].shape == (16, 16, 3) and len(opened) == 1
+
+
 class ScoresEncoder:
   """Scores images by their mean colour bucket: a model whose image encoding is logits."""
   image_size = 16

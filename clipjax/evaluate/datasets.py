@@ -79,6 +79,7 @@ class ImageSet:
   templates: list
   size: int
   get: Callable[[Sequence[int]], tuple]
+  labels: Optional[np.ndarray] = None  # all of them, where known without decoding images
 
   def __len__(self) -> int:
     return self.size
@@ -100,7 +101,7 @@ def array_set(images: np.ndarray, labels, classnames, templates, image_size: int
   if images.shape[1:3] != (image_size, image_size) or images.ndim != 4:
     images = np.stack([resize_center_crop(_to_pil(im), image_size) for im in images])
   return ImageSet(list(classnames), list(templates), len(images),
-                  lambda idx: (images[np.asarray(idx)], labels[np.asarray(idx)]))
+                  lambda idx: (images[np.asarray(idx)], labels[np.asarray(idx)]), labels)
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:
@@ -110,10 +111,17 @@ def _to_pil(image: np.ndarray) -> Image.Image:
   return Image.fromarray(image.astype(np.uint8))
 
 
-def decode_parallel(fn, items, num_workers: int) -> np.ndarray:
-  """PIL decoding and resizing release the GIL, so threads scale on the host cores."""
+def map_parallel(fn, items, num_workers: int) -> list:
+  """PIL decoding and resizing release the GIL, so threads scale on the host cores; one
+  item (a training pipeline's read) runs in the calling thread."""
+  if len(items) <= 1:
+    return [fn(item) for item in items]
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-    return np.stack(list(pool.map(fn, items)))
+    return list(pool.map(fn, items))
+
+
+def decode_parallel(fn, items, num_workers: int) -> np.ndarray:
+  return np.stack(map_parallel(fn, items, num_workers))
 
 
 def sklearn_digits(image_size: int) -> ImageSet:
@@ -172,7 +180,7 @@ def image_folder(root: str, image_size: int, classnames=None, num_workers: int =
     idx = np.asarray(idx)
     return decode_parallel(load, [paths[i] for i in idx], num_workers), labels[idx]
 
-  return ImageSet(names, list(DEFAULT_TEMPLATES), len(paths), get)
+  return ImageSet(names, list(DEFAULT_TEMPLATES), len(paths), get, labels)
 
 
 def tfds_set(name: str, image_size: int, split: str = 'test', data_dir: Optional[str] = None,
@@ -207,8 +215,7 @@ def tfds_set(name: str, image_size: int, split: str = 'test', data_dir: Optional
     return resize_center_crop(_to_pil(record[image_key]), image_size), record[label_key]
 
   def get(idx):
-    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-      rows = list(pool.map(load, np.asarray(idx)))
+    rows = map_parallel(load, np.asarray(idx), num_workers)
     return np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows], np.int64)
 
   return ImageSet(names, templates, len(source), get)
@@ -265,7 +272,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple:
 def subset(image_set: ImageSet, indices) -> ImageSet:
   """The rows `indices` of a set, renumbered from 0."""
   indices = np.asarray(indices, np.int64)
-  return dataclasses.replace(image_set, size=len(indices),
+  labels = None if image_set.labels is None else image_set.labels[indices]
+  return dataclasses.replace(image_set, size=len(indices), labels=labels,
                              get=lambda idx: image_set.get(indices[np.asarray(idx)]))
 
 
@@ -300,7 +308,9 @@ def load_part(image_size: int, *, part: str = 'train', test_fraction: float = 0.
                              seed=seed, **kwargs)
   if part == 'all':
     return image_set
-  labels = np.concatenate([labels for _, labels in iterate(image_set)])
+  labels = image_set.labels
+  if labels is None:
+    labels = np.concatenate([labels for _, labels in iterate(image_set)])
   keep, held = stratified_split(labels, test_fraction, seed + 1)
   return subset(image_set, keep if part == 'train' else held)
 
