@@ -3,11 +3,12 @@
   python benchmarks/train_step.py                     # CPU: peak = measured f32 matmul rate
   python benchmarks/train_step.py --peak_tflops 989   # e.g. H100 bf16 dense peak
 
-Model FLOPs per example are XLA's own count for the compiled step (forward + backward +
-optimizer) divided by the batch size. On GPU (jax 0.11.2) that count is far too low
-(7.3 GFLOP/example for ViT-B/16 against 124 on CPU, where it matches the analytic ~123),
-so there take GFLOP/example from a CPU run. MFU = achieved model FLOP/s / peak. The
-first (compiling) step is excluded from timing.
+Model FLOPs per example are what every run logs (`Trainer.step_flops`: XLA's count for
+the lowered step, forward + backward + optimizer, without accumulation or remat) divided
+by the batch size. The compiled step's count on GPU (jax 0.11.2) was far too low (7.3
+GFLOP/example for ViT-B/16 against 124 on CPU, where it matches the analytic ~123); the
+lowered count has not been checked on a GPU yet. MFU = achieved model FLOP/s / peak.
+The first (compiling) step is excluded from timing.
 """
 import argparse
 import tempfile
@@ -15,10 +16,10 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from clipjax import sharding
 from clipjax.config_base import load_config
+from clipjax.train import throughput
 from clipjax.train.loop import Trainer
 
 CASES = {
@@ -32,19 +33,6 @@ CASES = {
 QUICKSTART = Path(__file__).resolve().parents[1] / 'configs/quickstart.py'
 
 
-def matmul_peak_flops(n=2048, dtype=jnp.float32, reps=10) -> float:
-  """Best single-matmul rate of `reps` (the least disturbed by other work on the host)."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float('inf')
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
-
-
 def bench(name, case, steps, dtype, peak, batch_size=None):
   c = load_config(str(QUICKSTART))
   c.model.update(case['model'])
@@ -56,9 +44,7 @@ def bench(name, case, steps, dtype, peak, batch_size=None):
   trainer = Trainer(c, tempfile.mkdtemp())
   batch = sharding.global_batch(next(trainer.make_loader()), trainer.mesh)
   state = trainer.initial_state()
-  compiled = trainer.train_step.lower(state, batch).compile()
-  flops = compiled.cost_analysis()
-  flops = (flops[0] if isinstance(flops, list) else flops).get('flops', float('nan'))
+  flops = trainer.step_flops(state, batch)  # what every run's MFU counts
   state, m = trainer.train_step(state, batch)
   jax.block_until_ready(m)
   t = time.perf_counter()
@@ -80,7 +66,7 @@ def main():
   p.add_argument('--batch_size', type=int, default=None,
                  help="override every case's batch (the defaults are CPU-sized)")
   a = p.parse_args()
-  peak = a.peak_tflops * 1e12 if a.peak_tflops else matmul_peak_flops()
+  peak = a.peak_tflops * 1e12 if a.peak_tflops else throughput.matmul_peak_flops(2048)
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}   peak: {peak / 1e12:.3f} '
         f'TFLOP/s ({"given" if a.peak_tflops else "measured 2048^2 f32 matmul"})   dtype: {a.dtype}')
   print(f'| {"model":28s} | batch | step ms | examples/s | GFLOP/example | MFU |')

@@ -32,6 +32,7 @@ from clipjax.train.metrics import MetricWriter
 from clipjax.train.optimizer import is_frozen, make_optimizer
 from clipjax.train.state import TrainState, merge, split
 from clipjax.train.step import make_train_step
+from clipjax.train import throughput
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class Trainer:
         in_shardings=(self.state_sharding, sharding.batch_sharding(mesh)),
         out_shardings=(self.state_sharding, repl), donate_argnums=0)
     self._encoder = None
+    self._step_flops = None
     self._feature_fns = {}
     self._expected_batch = {k: (v.shape[1:], v.dtype)
                             for k, v in self.method.example_batch(1).items()}
@@ -382,6 +384,20 @@ class Trainer:
                        f'method declares {self._expected_batch} (example_batch)')
     return sharding.global_batch(local, self.mesh)
 
+  def step_flops(self, state, batch) -> float:
+    """Model FLOPs of one step on the global batch (`clipjax.train.throughput`): the
+    step lowered without accumulation or remat, once per build."""
+    if self._step_flops is None:
+      config = self.config
+      plain = {'grad_accum_steps': 1, 'model': {'remat': False}} if 'remat' in config.model \
+          else {'grad_accum_steps': 1}
+      method = get_method(config.method)(merge_config(config, plain), mesh=self.mesh,
+                                         tokenizer=self.tokenizer)
+      step = jax.jit(sharding.with_rules(make_train_step(method, self.tx, self.learning_rate),
+                                         self.mesh, config.sharding_rules))
+      self._step_flops = throughput.lowered_flops(step, state, batch)
+    return self._step_flops
+
   def restore_or_init(self, loader):
     step = self.checkpointer.latest_step()
     if step is None:
@@ -426,6 +442,9 @@ class Trainer:
       evals, details = self.evaluate(state)
       writer.write_eval(0, evals, details)
     preemption = distributed.PreemptionWatch()
+    peak, peak_source = throughput.peak_flops(jax.devices()[0],
+                                              self.config.get('peak_flops_per_device', 0.0))
+    log.info('MFU against %.3g TFLOP/s per device (%s)', peak / 1e12, peak_source)
     it = iter(loader)
     last = {}
     progress = writer.progress(start, end)
@@ -438,6 +457,7 @@ class Trainer:
           first_step = step
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           batch = self.global_batch(next(it))
+          flops = self.step_flops(state, batch)  # before the step donates the state
           state, metrics = self.train_step(state, batch)
         c, stage_end = self.config, step == self.stage.end  # the stage's settings
         preempted = preemption.reached(step)
@@ -446,6 +466,10 @@ class Trainer:
           last = {k: float(v) for k, v in jax.device_get(metrics).items()}
           dt = time.perf_counter() - t0
           last['examples_per_sec'] = (step - n0) * c.batch_size / dt
+          per_device = flops * (step - n0) / dt / jax.device_count()
+          last['tflops_per_device'] = per_device / 1e12
+          if peak:
+            last['mfu'] = per_device / peak
           last.update(loader.metrics(reduce=distributed.sum_counts))  # all processes
           t0, n0 = time.perf_counter(), step
           writer.write(step, last)

@@ -54,8 +54,8 @@ class MetricWriter:
 
 
 class Progress:
-  """tqdm bar showing step, loss, examples/s and an ETA from the measured steps/s (tqdm's
-  own rate would count compilation and evaluation)."""
+  """tqdm bar showing step, loss, examples/s, MFU and an ETA from the measured steps/s
+  (tqdm's own rate would count compilation and evaluation)."""
 
   def __init__(self, start, total, enabled):
     self.bar = tqdm(total=total, initial=start, disable=not enabled, unit='step',
@@ -67,8 +67,9 @@ class Progress:
     self.bar.update(step - self.step)
     self.step = step
     eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
+    mfu = f', MFU={100 * metrics["mfu"]:.1f}%' if 'mfu' in metrics else ''
     self.bar.set_postfix_str(f'loss={metrics["loss"]:.4f}, ex/s={metrics["examples_per_sec"]:.0f}'
-                             f', ETA {tqdm.format_interval(eta) if eta == eta else "?"}')
+                             f'{mfu}, ETA {tqdm.format_interval(eta) if eta == eta else "?"}')
 
   def close(self) -> None:
     self.bar.close()

@@ -1,0 +1,46 @@
+"""Model FLOPs and MFU in every run's metrics (clipjax/train/throughput.py)."""
+import json
+import types
+
+import jax
+import pytest
+
+from clipjax import sharding
+from clipjax.train import throughput
+from clipjax.train.loop import Trainer
+from tests.test_train import tiny_config
+
+
+def test_a_run_logs_model_flops_and_mfu(tmp_path):
+  """Every logged row carries TFLOP/s per device and MFU; the step's model FLOPs are the
+  compiled step's count (within 2%), and neither accumulation nor remat changes them."""
+  config = tiny_config(total_steps=4, log_every=2, checkpoint_every=4)
+  trainer = Trainer(config, tmp_path / 'run')
+  trainer.train()
+  rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert len(rows) == 2 and all(r['tflops_per_device'] > 0 and 0 < r['mfu'] <= 1 for r in rows)
+  state = trainer.initial_state()
+  batch = sharding.global_batch(next(trainer.make_loader()), trainer.mesh)
+  flops = trainer.step_flops(state, batch)
+  cost = trainer.train_step.lower(state, batch).compile().cost_analysis()
+  compiled = (cost[0] if isinstance(cost, list) else cost)['flops']
+  assert flops == pytest.approx(compiled, rel=0.02)
+  row = rows[-1]
+  assert row['tflops_per_device'] == pytest.approx(
+      flops * row['examples_per_sec'] / config.batch_size / jax.device_count() / 1e12, rel=1e-6)
+  for overrides in ({'grad_accum_steps': 2}, {'model.remat': True}):
+    other = Trainer(tiny_config(**overrides), tmp_path / str(overrides))
+    assert other.step_flops(other.initial_state(), batch) == pytest.approx(flops, rel=1e-6)
+
+
+def test_peaks_come_from_the_config_the_table_or_a_measurement():
+  device = lambda kind, platform='gpu': types.SimpleNamespace(device_kind=kind, platform=platform)
+  assert throughput.peak_flops(device('NVIDIA H100 80GB HBM3'))[0] == 989e12
+  assert throughput.peak_flops(device('NVIDIA H100 PCIe'))[0] == 756e12
+  assert throughput.peak_flops(device('TPU v5 lite', 'tpu'))[0] == 197e12
+  assert throughput.peak_flops(device('TPU v5', 'tpu'))[0] == 459e12
+  assert throughput.peak_flops(device('NVIDIA H100 80GB HBM3'), 1e15) == (
+      1e15, 'config.peak_flops_per_device')
+  assert throughput.peak_flops(device('Some NPU', 'npu'))[0] == 0.0
+  peak, source = throughput.peak_flops(device('cpu', 'cpu'))
+  assert 1e9 < peak < 1e14 and 'measured' in source
