@@ -15,6 +15,7 @@ import pytest
 
 from clipjax import evaluate
 from clipjax.train.loop import Trainer
+from clipjax.train.metrics import WALL_CLOCK_KEYS
 from tests.test_multihost import finish, launch
 from tests.conftest import ROOT
 from tests.test_train import FROZEN_TEXT, tiny_config
@@ -24,7 +25,7 @@ METHODS = 'tests.interface_methods:'
 
 def logged(workdir) -> list:
   rows = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k != 'examples_per_sec'} for r in rows]
+  return [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in rows]
 
 
 def leaves(tree):

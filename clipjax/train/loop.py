@@ -388,13 +388,12 @@ class Trainer:
     """Model FLOPs of one step on the global batch (`clipjax.train.throughput`): the
     step lowered without accumulation or remat, once per build."""
     if self._step_flops is None:
-      config = self.config
-      plain = {'grad_accum_steps': 1, 'model': {'remat': False}} if 'remat' in config.model \
-          else {'grad_accum_steps': 1}
-      method = get_method(config.method)(merge_config(config, plain), mesh=self.mesh,
-                                         tokenizer=self.tokenizer)
-      step = jax.jit(sharding.with_rules(make_train_step(method, self.tx, self.learning_rate),
-                                         self.mesh, config.sharding_rules))
+      config, step = self.config, self.train_step  # its lowering is cached for the call
+      if config.get('grad_accum_steps', 1) > 1 or config.model.get('remat'):
+        plain = merge_config(config, {'grad_accum_steps': 1, 'model': {'remat': False}})
+        method = get_method(config.method)(plain, mesh=self.mesh, tokenizer=self.tokenizer)
+        step = jax.jit(sharding.with_rules(make_train_step(method, self.tx, self.learning_rate),
+                                           self.mesh, config.sharding_rules))
       self._step_flops = throughput.lowered_flops(step, state, batch)
     return self._step_flops
 

@@ -7,6 +7,9 @@ from tqdm.auto import tqdm
 
 from clipjax.evaluate import report
 
+# Measured on the clock, so they differ between a run and its resumed copy.
+WALL_CLOCK_KEYS = ('examples_per_sec', 'tflops_per_device', 'mfu')
+
 
 class MetricWriter:
 
