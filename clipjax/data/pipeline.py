@@ -397,7 +397,8 @@ def make_source(data_config, *, image_size: int | None = None, seed: int | None 
   """The training source a data config names. Keys: format (synthetic | wds |
   array_record | csv | image_set | features), train (pattern or path),
   train_num_samples, image_size, seed, caption_key, csv_img_key, csv_caption_key,
-  csv_separator, extra_columns, image_set (`clipjax.evaluate.datasets.load_part` arguments: a labelled set's part).
+  csv_separator, extra_columns, image_set (`clipjax.evaluate.datasets.load_part`
+  arguments: a labelled set's part).
   Keyword arguments override the config's image_size and seed."""
   get = data_config.get
   fmt = get('format', 'synthetic')

@@ -26,13 +26,12 @@ from clipjax.data import pipeline
 from clipjax.data.tokenizer import Tokenizer
 from clipjax.evaluate import report
 from clipjax.methods import Method, get_method
-from clipjax.train import distributed, stages
+from clipjax.train import distributed, stages, throughput
 from clipjax.train.checkpoint import Checkpointer, abstract_like
 from clipjax.train.metrics import MetricWriter
 from clipjax.train.optimizer import is_frozen, make_optimizer
 from clipjax.train.state import TrainState, merge, split
 from clipjax.train.step import make_train_step
-from clipjax.train import throughput
 
 log = logging.getLogger(__name__)
 
