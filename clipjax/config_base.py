@@ -47,7 +47,7 @@ def base_config() -> ConfigDict:
 
 def synthetic_data(train_num_samples: int) -> ConfigDict:
   return ConfigDict(dict(format='synthetic', train='', train_num_samples=train_num_samples,
-                         digit_fraction=0.0,
+                         synthetic_split='train', digit_fraction=0.0, zipf=0.0,
                          num_workers=0, augment=dict(scale=(0.9, 1.0)), shuffle_buffer=1000,
                          cycle_length=4, label_noise=0.0, caption_key='txt',
                          csv_img_key='filepath', csv_caption_key='title', csv_separator='',
@@ -125,6 +125,8 @@ MEANING = {
     'data.train': 'shards as a brace pattern or list, or the csv/array_record path',
     'data.train_num_samples': 'samples of the synthetic source',
     'data.digit_fraction': 'share of drawn digits among the synthetic shapes',
+    'data.synthetic_split': "synthetic shapes: 'train' (held-out pairs left out) or 'all' pairs",
+    'data.zipf': 'synthetic shapes: shape and colour of rank r drawn in proportion to r**-zipf',
     'data.num_workers': 'grain worker processes (0: in the main process)',
     'data.augment.scale': 'random-resized-crop area range',
     'data.shuffle_buffer': 'window of the shuffle of shard streams',

@@ -39,16 +39,6 @@ def _run_dir(workdir: Path, seed: int, noise: float, name: str) -> Path:
   return workdir / f'seed{seed}' / f'noise{noise:g}' / name
 
 
-def pretrain(config, folder: Path) -> Path:
-  """Trains (or finishes) one pretraining run -> its exported model folder."""
-  export = folder / loop.EXPORT_DIR
-  if not (export / native.SPEC_FILE).exists():
-    trainer = loop.Trainer(config, folder)
-    trainer.train()
-    trainer.export_checkpoint()
-  return export
-
-
 def feature_spectra(export: Path, sets: dict) -> dict:
   """{set name: spectrum} of the exported encoder's image features (unit rows)."""
   model, params = native.load_native(str(export))
@@ -72,7 +62,7 @@ def run_study(study, workdir) -> list:
       t0 = time.perf_counter()
       config = ConfigDict(study.pretrain.to_dict())
       config.seed, config.data.label_noise = int(seed), float(noise)
-      export = pretrain(config, _run_dir(workdir, seed, noise, 'pretrain'))
+      export = loop.train_and_export(config, _run_dir(workdir, seed, noise, 'pretrain'))
       for name, s in feature_spectra(export, study.spectra).items():
         rows.append(dict(seed=seed, noise=noise, kind='spectrum', set=name, sve=s['sve'],
                          lsvr=s['lsvr'], singular_values=s['singular_values'].tolist()))

@@ -417,9 +417,11 @@ def make_source(data_config, *, image_size: int | None = None, seed: int | None 
     return sources.FeatureSource(get('train'))
   if fmt == 'synthetic':
     from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
-    return shapes.ShapesSource('train', int(get('train_num_samples') or 10_000),
+    return shapes.ShapesSource(get('synthetic_split', 'train'),
+                               int(get('train_num_samples') or 10_000),
                                int(image_size), int(seed if seed is not None else get('seed', 0)),
-                               digit_fraction=float(get('digit_fraction', 0.0)))
+                               digit_fraction=float(get('digit_fraction', 0.0)),
+                               zipf=float(get('zipf', 0.0)))
   path = get('train')
   if not path:
     raise ValueError(f"data.train is empty: data.format={fmt!r} needs a path or pattern")

@@ -6,12 +6,18 @@ access and any position in an epoch can be regenerated exactly (resume, workers)
 Scenes hold one to three objects, each a (shape, colour, size, position). The
 'heldout' split only uses the (shape, colour) pairs in `HELDOUT_COMBOS`, which the
 'train' split never draws: zero-shot accuracy on it measures composition of
-attributes seen separately in training, not memorised pairs.
+attributes seen separately in training, not memorised pairs. The 'all' split draws
+every pair.
 
 With `digit_fraction` > 0 that share of the training samples is instead one drawn digit
 (`clipjax.data.glyphs`) captioned with its number, so trained features also separate
 strokes (real handwritten digits: sklearn's, MNIST). Which indices are digits comes
 from its own random stream: the shape samples stay the same whatever the fraction.
+
+With `zipf` > 0 the attributes are long-tailed, as concepts in web data are: the shape and
+the colour of rank r (in `SHAPES` and `COLOURS` order) are drawn in proportion to
+r ** -zipf, independently, so a (shape, colour) pair's share is the product and spans
+orders of magnitude (the concept-frequency study, `clipjax.analysis.frequency_study`).
 """
 import dataclasses
 
@@ -59,7 +65,10 @@ HELDOUT_COMBOS = frozenset(
     for s in range(len(SHAPES)) for k in range(2))
 TRAIN_COMBOS = frozenset(
     (s, c) for s in SHAPES for c in COLOURS) - HELDOUT_COMBOS
-_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2, 'digit': 3, 'digit_task': 4}
+SPLITS = {'train': TRAIN_COMBOS, 'heldout': HELDOUT_COMBOS,
+          'all': TRAIN_COMBOS | HELDOUT_COMBOS}
+_SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2, 'digit': 3, 'digit_task': 4,
+              'concepts': 5, 'all': 6}
 _NUMBER_WORDS = {2: 'two', 3: 'three'}
 
 
@@ -84,15 +93,26 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), _SPLIT_IDS[split], int(index)])
 
 
-def sample_scene(rng: np.random.Generator, combos, num_objects=None) -> list:
-  """1-3 objects at distinct positions, each (shape, colour) drawn from `combos`."""
+def zipf_weights(combos, exponent: float) -> np.ndarray:
+  """Probabilities of sorted(combos): rank(shape) ** -exponent * rank(colour) ** -exponent,
+  ranks from 1 in `SHAPES` and `COLOURS` order."""
+  colours = list(COLOURS)
+  weights = np.asarray([((SHAPES.index(s) + 1) * (colours.index(c) + 1)) ** -float(exponent)
+                        for s, c in sorted(combos)])
+  return weights / weights.sum()
+
+
+def sample_scene(rng: np.random.Generator, combos, num_objects=None, weights=None) -> list:
+  """1-3 objects at distinct positions, each (shape, colour) drawn from `combos`
+  (uniformly, or with `weights` over sorted(combos))."""
   combos = sorted(combos)
   if num_objects is None:
     num_objects = int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
   positions = rng.permutation(len(POSITIONS))[:num_objects]
   objects = []
   for p in positions:
-    shape, colour = combos[rng.integers(len(combos))]
+    pick = rng.integers(len(combos)) if weights is None else rng.choice(len(combos), p=weights)
+    shape, colour = combos[pick]
     size = SIZES[rng.integers(len(SIZES))] if num_objects == 1 else 'small'
     objects.append(ShapeObject(shape, colour, size, POSITIONS[p]))
   return objects
@@ -204,18 +224,23 @@ class ShapesSource:
   """grain RandomAccessDataSource of {'image', 'caption', 'index'} records."""
 
   def __init__(self, split: str = 'train', num_samples: int = 10_000,
-               image_size: int = 32, seed: int = 0, digit_fraction: float = 0.0):
-    if split not in ('train', 'heldout'):
-      raise ValueError(f"ShapesSource split must be 'train' or 'heldout', got {split!r}")
+               image_size: int = 32, seed: int = 0, digit_fraction: float = 0.0,
+               zipf: float = 0.0):
+    if split not in SPLITS:
+      raise ValueError(f'ShapesSource split must be one of {sorted(SPLITS)}, got {split!r}')
     if num_samples <= 0 or image_size < 8:
       raise ValueError(f'ShapesSource needs num_samples > 0 and image_size >= 8, got '
                        f'num_samples={num_samples}, image_size={image_size}')
     if not 0.0 <= digit_fraction <= 1.0:
       raise ValueError(f'ShapesSource digit_fraction must be in [0, 1], got {digit_fraction}')
+    if zipf < 0:
+      raise ValueError(f'ShapesSource zipf must be >= 0 (0: uniform attributes), got {zipf}')
     self.split, self.num_samples = split, int(num_samples)
     self.digit_fraction = float(digit_fraction)
     self.image_size, self.seed = int(image_size), int(seed)
-    self.combos = TRAIN_COMBOS if split == 'train' else HELDOUT_COMBOS
+    self.combos = SPLITS[split]
+    self.zipf = float(zipf)
+    self.weights = zipf_weights(self.combos, zipf) if zipf else None
 
   def __len__(self) -> int:
     return self.num_samples
@@ -227,7 +252,8 @@ class ShapesSource:
     return index
 
   def scene(self, index: int) -> list:
-    return sample_scene(_rng(self.seed, self.split, self._check(index)), self.combos)
+    return sample_scene(_rng(self.seed, self.split, self._check(index)), self.combos,
+                        weights=self.weights)
 
   def _digit_rng(self, index: int):
     """The random stream of a digit sample, or None where `index` holds a scene."""
@@ -245,13 +271,17 @@ class ShapesSource:
       return (caption_digit(digit, colour, rng),
               lambda: draw_digit(digit, colour, self.image_size, rng))
     rng = _rng(self.seed, self.split, index)
-    objects = sample_scene(rng, self.combos)
+    objects = sample_scene(rng, self.combos, weights=self.weights)
     return caption_scene(objects, rng), lambda: draw_scene(objects, self.image_size, rng)
 
   def __getitem__(self, index: int) -> dict:
     index = self._check(index)
     caption, draw = self._sample(index)
     return {'image': draw(), 'caption': caption, 'index': np.int64(index)}
+
+  def caption(self, index: int) -> str:
+    """Sample `index`'s caption without drawing its image."""
+    return self._sample(self._check(index))[0]
 
   def captions(self, num: int | None = None) -> list:
     """Captions of the first `num` samples without drawing images (tokenizer training)."""
@@ -261,7 +291,7 @@ class ShapesSource:
   def __repr__(self) -> str:
     return (f'ShapesSource(split={self.split!r}, num_samples={self.num_samples}, '
             f'image_size={self.image_size}, seed={self.seed}, '
-            f'digit_fraction={self.digit_fraction})')
+            f'digit_fraction={self.digit_fraction}, zipf={self.zipf})')
 
 
 SHAPE_TEMPLATES = ['a {}', 'an image showing a {}', 'a picture of a {}', 'there is a {}']
@@ -308,4 +338,36 @@ def zeroshot_tasks(image_size: int = 32, num_samples: int = 500, seed: int = 0) 
       'shapes_heldout_shape': task(SHAPES, 'shape', SHAPE_TEMPLATES),
       'shapes_heldout_colour': task(COLOUR_NAMES, 'colour', COLOUR_TEMPLATES),
       'shapes_heldout_position': position_task,
+  }
+
+
+CONCEPT_TASKS = ('shapes_all_shape', 'shapes_all_colour', 'shapes_all_combo')
+
+
+def concept_tasks(image_size: int = 32, num_samples: int = 840, seed: int = 0) -> dict:
+  """Zero-shot tasks over single objects drawn uniformly from every (shape, colour) pair,
+  held-out ones included: 'shapes_all_shape' (6 classes), 'shapes_all_colour' (all 14
+  colours) and 'shapes_all_combo' (84 classes such as 'red circle'), one class per
+  concept, as the concept-frequency study pairs them with their counts."""
+  combos = sorted((s, c) for s in SHAPES for c in COLOURS)
+  images, objects = [], []
+  for index in range(num_samples):
+    rng = _rng(seed, 'concepts', index)
+    scene = sample_scene(rng, combos, num_objects=1)
+    images.append(draw_scene(scene, image_size, rng))
+    objects.append(scene[0])
+  images = np.stack(images)
+  colours = list(COLOURS)
+
+  def labels(values, names):
+    return np.asarray([names.index(v) for v in values], np.int64)
+
+  return {
+      'shapes_all_shape': ZeroShotTask(list(SHAPES), list(SHAPE_TEMPLATES), images,
+                                       labels([o.shape for o in objects], list(SHAPES))),
+      'shapes_all_colour': ZeroShotTask(colours, list(COLOUR_TEMPLATES), images,
+                                        labels([o.colour for o in objects], colours)),
+      'shapes_all_combo': ZeroShotTask(
+          [f'{c} {s}' for s, c in combos], list(SHAPE_TEMPLATES), images,
+          labels([(o.shape, o.colour) for o in objects], combos)),
   }

@@ -134,16 +134,18 @@ def sklearn_digits(image_size: int) -> ImageSet:
 
 
 def shapes_task(name: str, image_size: int, num_samples: int = 500, seed: int = 0) -> ImageSet:
-  """One of `clipjax.data.shapes.zeroshot_tasks` (held-out shape/colour/position combos)
-  or 'shapes_digits' (`clipjax.data.shapes.digit_task`)."""
+  """One of `clipjax.data.shapes.zeroshot_tasks` (held-out shape/colour/position combos),
+  `clipjax.data.shapes.concept_tasks` (every combination, 'shapes_all_*') or
+  'shapes_digits' (`clipjax.data.shapes.digit_task`)."""
   from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
   if name == 'shapes_digits':
     task = shapes.digit_task(image_size=image_size, num_samples=num_samples, seed=seed)
     return array_set(task.images, task.labels, task.classnames, task.templates, image_size)
-  tasks = shapes.zeroshot_tasks(image_size=image_size, num_samples=num_samples, seed=seed)
+  make = shapes.concept_tasks if name in shapes.CONCEPT_TASKS else shapes.zeroshot_tasks
+  tasks = make(image_size=image_size, num_samples=num_samples, seed=seed)
   if name not in tasks:
-    raise KeyError(f'Unknown shapes task {name!r}; clipjax.data.shapes.zeroshot_tasks has '
-                   f'{sorted(tasks)}')
+    known = sorted(tasks) + list(shapes.CONCEPT_TASKS) + ['shapes_digits']
+    raise KeyError(f'Unknown shapes task {name!r}; known: {known}')
   task = tasks[name]
   return array_set(task.images, task.labels, task.classnames, task.templates, image_size)
 

@@ -504,3 +504,14 @@ class Trainer:
 def train(config, workdir) -> dict:
   """Python API for notebooks: trains (or resumes) and returns the last metrics and evals."""
   return Trainer(config, workdir).train()
+
+
+def train_and_export(config, workdir) -> Path:
+  """Python API for studies: trains (or finishes) a run and exports its model -> the
+  export folder. A run already exported is read back, not repeated."""
+  export = Path(workdir) / EXPORT_DIR
+  if not (export / native.SPEC_FILE).exists():
+    trainer = Trainer(config, workdir)
+    trainer.train()
+    trainer.export_checkpoint()
+  return export

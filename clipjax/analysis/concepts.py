@@ -1,0 +1,71 @@
+"""Concepts as sets of noun lemmas, the key of the caption-frequency index
+("No 'Zero-Shot' Without Exponential Data", Udandarao et al. 2024, §2).
+
+A caption holds a concept when it holds every one of the concept's terms, in any order
+and position (the official AND over unigram postings). Captions and concepts go through
+the same function: lowercase, split into letter/digit runs, drop function words, and
+lemmatise each word as a noun with lemminflect (an offline PyPI lemmatiser with its own
+dictionary; words outside it get its suffix rules, the same on both sides, so a query
+always finds the form captions were indexed under).
+
+Differences from the official code, on purpose:
+  - no part-of-speech filter: the official index keeps spaCy's NOUN/PROPN tokens, which
+    needs a tagger model that is not on PyPI. Every content word is indexed, so "red" in
+    "a red car" counts for the concept "red" (an adjective there), as a class name such
+    as a colour needs;
+  - keys are lowercased on both sides (the official index keeps proper nouns' case while
+    queries are lowercased, so "Paris" in a caption never matched the query "paris");
+  - digits are kept ("7" is a class of digit sets), other characters split words.
+"""
+import functools
+import re
+
+import lemminflect
+
+_WORD = re.compile(r'[a-z0-9]+')
+# Function words: never concept terms ("bird of prey" -> bird, prey). The official index
+# drops them by part of speech; a concept made only of them keeps them (see `terms`).
+STOPWORDS = frozenset("""
+a an the and or but nor of in on at to for from by with without into onto over under
+above below between among through during before after up down out off about against
+is are was were be been being am has have had do does did this that these those it its
+there here their they them he she his her we our you your i me my as than then so not
+no yes very some any each every all both either neither other such own same few more
+most much many one s t
+""".split())
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def lemma(word: str) -> str:
+  """A lowercase word's noun lemma ('mice' -> 'mouse'; a word with several, the first)."""
+  return lemminflect.getLemma(word, upos='NOUN')[0] or word
+
+
+def words(text: str) -> list:
+  return _WORD.findall(text.lower())
+
+
+def caption_terms(caption: str) -> set:
+  """The set of content-word lemmas of a caption: its keys in the index."""
+  return {lemma(w) for w in words(caption) if w not in STOPWORDS}
+
+
+def terms(concept: str) -> tuple:
+  """A concept's query terms, sorted and unique ('Sports cars' -> ('car', 'sport')).
+  Underscores separate words, as in dataset class names; a concept of function words
+  only keeps them, which then never match (captions drop them)."""
+  found = words(concept.replace('_', ' '))
+  content = [w for w in found if w not in STOPWORDS] or found
+  if not content:
+    raise ValueError(f'concept {concept!r} has no words (letters or digits)')
+  return tuple(sorted({lemma(w) for w in content}))
+
+
+def caption_concepts(captions_per_item, min_items: int = 10) -> list:
+  """Retrieval concepts: the terms of an item's captions (their union per item), kept
+  when at least `min_items` items hold them (the official keeps a noun in >= 10 images)."""
+  items = {}
+  for captions in captions_per_item:
+    for term in set().union(*(caption_terms(c) for c in captions)):
+      items[term] = items.get(term, 0) + 1
+  return sorted(t for t, n in items.items() if n >= min_items)

@@ -1,0 +1,428 @@
+"""How often each concept occurs in pretraining data: in captions, in images, and in both
+("No 'Zero-Shot' Without Exponential Data", Udandarao et al. 2024, §2; their code:
+bethgelab/frequency_determines_performance).
+
+  python -m clipjax.analysis.frequency --config configs/frequency_quickstart.py:count \
+      --workdir runs/frequency/counts --config.tagger.model=runs/frequency/seed0/export
+
+Caption frequency: an inverted index from each concept term (`clipjax.analysis.concepts`)
+to the sorted ids of the captions that hold it; a concept's captions are the intersection
+of its terms' postings. As in the official query, a term no caption holds is left out of
+the intersection (a concept with no such term at all counts 0). The index is built for
+the concepts' terms only, which keeps it small at any corpus size.
+
+Image frequency: a CLIP tagger (any checkpoint `clipjax.convert` reads, e.g. our own
+export) standing in for the official RAM++: an image shows a concept when the cosine of
+its embedding with the concept's prompt-ensemble embedding (`zeroshot_classifier`) is
+above `tagger.threshold`. Matched frequency is the intersection of both, per sample id.
+
+The data is any training source (`config.data`, as `clipjax.main` reads it), cut into
+parts: index ranges of `part_size` for random-access sources (sample id = index), one
+shard each for tar shards (id = shard number * 2**32 + position in the shard). Process p
+of P counts parts p, p + P, ... and writes each as parts/<n>.npz when it is complete
+(atomically), so a killed job recounts only the parts it had not finished; then process
+0 merges every part into counts.json (per concept: terms, text, image, matched). Unreadable samples are skipped and counted by reason.
+"""
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+from PIL import Image
+from tqdm import tqdm
+
+from clipjax.analysis import concepts as concepts_lib
+from clipjax.data import pipeline, sources
+from clipjax.data.transforms import resize_center_crop
+from clipjax.evaluate import datasets, report
+
+log = logging.getLogger(__name__)
+JOB_FILE, COUNTS_FILE, PARTS_DIR = 'job.json', 'counts.json', 'parts'
+SHARD_ID_STRIDE = 2 ** 32
+
+
+# ------------------------------------------------------------------------- concepts
+
+def load_concepts(spec) -> dict:
+  """{group: [concept, ...]} from a config of named entries, each one of
+  - a list of strings;
+  - a string: class names as evaluators read them (prompts.json key or file);
+  - dict(dataset=... | image_folder=..., ...): an evaluation set's class names;
+  - dict(captions=FILE, min_items=10): retrieval concepts, the terms of a JSON list of
+    caption lists (one list per image; `concepts.caption_concepts`)."""
+  groups = {}
+  for name, entry in (spec.to_dict() if hasattr(spec, 'to_dict') else dict(spec)).items():
+    if isinstance(entry, (list, tuple)):
+      names = [str(c) for c in entry]
+    elif isinstance(entry, str):
+      names = datasets.resolve_classnames(entry)
+    elif 'captions' in entry:
+      with open(entry['captions']) as f:
+        names = concepts_lib.caption_concepts(json.load(f), int(entry.get('min_items', 10)))
+    else:
+      options = dict(entry)
+      folder = options.pop('image_folder', None)
+      names = datasets.load_image_set(8, image_folder_path=folder, **options).classnames
+    if not names:
+      raise ValueError(f'config.concepts.{name} gives no concepts')
+    groups[name] = list(names)
+  if not groups:
+    raise ValueError('config.concepts is empty: name at least one list of concepts')
+  return groups
+
+
+# --------------------------------------------------------------------------- tagger
+
+def clip_encoder(model: str, batch_size: int = 256):
+  """An `Encoder` of a CLIP checkpoint in any format `clipjax.convert` reads."""
+  from clipjax import convert  # pylint: disable=g-import-not-at-top
+  from clipjax.evaluate import Encoder, EvalView  # pylint: disable=g-import-not-at-top
+  clip, params, tokenizer = convert.load_clip(model)
+  if tokenizer is None:
+    raise ValueError(f'{model!r} has no tokenizer.json beside it')
+  return Encoder(EvalView.of(clip, params), tokenizer,
+                 context_length=clip.text['context_length'],
+                 image_size=clip.vision['image_size'], batch_size=batch_size)
+
+
+class Tagger:
+  """Which of `concepts` each image shows: cosine with the concept's prompt ensemble
+  above `threshold`, through a CLIP checkpoint."""
+
+  def __init__(self, model: str, concepts: list, threshold: float, templates=None,
+               batch_size: int = 256):
+    from clipjax.evaluate import zeroshot_classifier  # pylint: disable=g-import-not-at-top
+    self.encoder = clip_encoder(model, batch_size)
+    self.classifier = zeroshot_classifier(
+        self.encoder, concepts, datasets.resolve_templates(templates) or
+        list(datasets.DEFAULT_TEMPLATES))
+    self.threshold = float(threshold)
+
+  def scores(self, images: list) -> np.ndarray:
+    """float32 [N, C] cosines of the images (uint8 arrays or PIL, any size)."""
+    size = self.encoder.image_size
+    batch = np.stack([_at_size(image, size) for image in images])
+    return self.encoder.encode_images(batch) @ self.classifier.T
+
+  def __call__(self, images: list) -> np.ndarray:
+    return self.scores(images) > self.threshold
+
+
+def _at_size(image, size: int) -> np.ndarray:
+  if isinstance(image, np.ndarray) and image.shape == (size, size, 3):
+    return image
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  return resize_center_crop(image, size)
+
+
+# ---------------------------------------------------------------------------- parts
+
+def plan_parts(source, part_size: int, max_samples=None) -> list:
+  """[(first id, index range or shard url)] covering the source in id order."""
+  if hasattr(source, 'shards'):
+    if max_samples is not None:
+      raise ValueError('max_samples needs a random-access source; tar shards are counted whole')
+    return [(n * SHARD_ID_STRIDE, url) for n, url in enumerate(source.shards)]
+  total = len(source) if max_samples is None else min(int(max_samples), len(source))
+  return [(start, range(start, min(start + part_size, total)))
+          for start in range(0, total, part_size)]
+
+
+def _records(source, where, with_images: bool):
+  """(id, caption or None, image or None, skip reason or None) for one part."""
+  if isinstance(where, range):
+    for index in where:
+      if with_images or not hasattr(source, 'caption'):
+        record = source[index]
+        skip = record.get(sources.SKIP_KEY)
+        yield index, record.get('caption'), record.get('image'), skip
+      else:
+        try:
+          yield index, source.caption(index), None, None
+        except sources.BadSample as e:
+          yield index, None, None, e.reason
+    return
+  for position, raw in enumerate(sources.iter_tar_samples(where)):
+    if with_images:
+      record = source.decoder(raw)
+      caption, image = record.get('caption'), record.get('image')
+      skip = record.get(sources.SKIP_KEY)
+    else:
+      image, skip = None, raw.get(sources.SKIP_KEY)
+      try:
+        caption = None if skip else sources.decode_text(raw.get(source.caption_key))
+      except sources.BadSample as e:
+        caption, skip = None, e.reason
+    yield position, caption, image, skip
+
+
+def count_part(source, where, first_id: int, vocabulary: dict, tagger=None,
+               chunk: int = 1024, progress=None) -> dict:
+  """One part's postings: every vocabulary term's caption ids and, with a tagger, every
+  concept's image ids (int64, sorted), plus the skipped samples by reason."""
+  postings = [[] for _ in vocabulary]
+  tagged = [[] for _ in range(len(tagger.classifier))] if tagger is not None else []
+  skipped, num_samples = {}, 0
+  pending_ids, pending_images = [], []
+
+  def tag():
+    if pending_ids:
+      hits = tagger(pending_images)
+      for c, column in enumerate(hits.T):
+        tagged[c].extend(np.asarray(pending_ids)[column].tolist())
+      pending_ids.clear()
+      pending_images.clear()
+
+  for offset, caption, image, skip in _records(source, where, tagger is not None):
+    num_samples += 1
+    sample_id = first_id + offset if isinstance(where, str) else offset
+    if skip:
+      skipped[skip] = skipped.get(skip, 0) + 1
+    else:
+      for term in concepts_lib.caption_terms(caption):
+        slot = vocabulary.get(term)
+        if slot is not None:
+          postings[slot].append(sample_id)
+      if tagger is not None:
+        pending_ids.append(sample_id)
+        pending_images.append(image)
+        if len(pending_ids) == chunk:
+          tag()
+    if progress is not None:
+      progress.update(1)
+  if tagger is not None:
+    tag()
+  return dict(num_samples=num_samples, skipped=skipped,
+              postings=[np.asarray(p, np.int64) for p in postings],
+              tagged=[np.asarray(t, np.int64) for t in tagged])
+
+
+def _pack(lists: list) -> tuple:
+  offsets = np.cumsum([0] + [len(x) for x in lists]).astype(np.int64)
+  flat = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+  return offsets, flat.astype(np.int64)
+
+
+def _unpack(offsets, flat) -> list:
+  return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def write_part(path: Path, part: dict) -> None:
+  """Atomically: a reader sees a complete part or none."""
+  term_offsets, term_ids = _pack(part['postings'])
+  image_offsets, image_ids = _pack(part['tagged'])
+  tmp = path.with_name(path.name + '.tmp.npz')
+  np.savez(tmp, num_samples=part['num_samples'], skipped=json.dumps(part['skipped']),
+           term_offsets=term_offsets, term_ids=term_ids, image_offsets=image_offsets,
+           image_ids=image_ids)
+  os.replace(tmp, path)
+
+
+def read_part(path: Path) -> dict:
+  with np.load(path) as z:
+    return dict(num_samples=int(z['num_samples']), skipped=json.loads(str(z['skipped'])),
+                postings=_unpack(z['term_offsets'], z['term_ids']),
+                tagged=_unpack(z['image_offsets'], z['image_ids']))
+
+
+# ---------------------------------------------------------------------------- merge
+
+def text_hits(concept_terms: tuple, index: dict) -> np.ndarray:
+  """Caption ids holding every term of the concept that any caption holds."""
+  found = [index[t] for t in concept_terms if len(index.get(t, ()))]
+  if not found:
+    return np.zeros(0, np.int64)
+  hits = found[0]
+  for ids in found[1:]:
+    hits = np.intersect1d(hits, ids, assume_unique=True)
+  return hits
+
+
+def hits(job: dict, parts: list) -> dict:
+  """{concept: {'text': ids, 'image': ids, 'matched': ids}} (sorted int64; image and
+  matched with a tagger) from the parts in id order."""
+  index = {term: np.concatenate([p['postings'][slot] for p in parts])
+           for slot, term in enumerate(job['vocabulary'])}
+  out = {}
+  for c, concept in enumerate(job['concepts']):
+    out[concept] = dict(text=text_hits(tuple(job['terms'][c]), index))
+    if job['tagger']:
+      image = np.concatenate([p['tagged'][c] for p in parts])
+      out[concept].update(image=image, matched=np.intersect1d(out[concept]['text'], image,
+                                                              assume_unique=True))
+  return out
+
+
+def merge(job: dict, parts: list) -> dict:
+  """Counts from the parts: per concept its terms and text, image and matched
+  frequency; totals of samples and skips."""
+  found = hits(job, parts)
+  rows = {concept: dict(terms=job['terms'][c],
+                        **{kind: int(len(ids)) for kind, ids in found[concept].items()})
+          for c, concept in enumerate(job['concepts'])}
+  skipped = {}
+  for p in parts:
+    for reason, n in p['skipped'].items():
+      skipped[reason] = skipped.get(reason, 0) + n
+  num_samples = int(sum(p['num_samples'] for p in parts))
+  out = dict(num_samples=num_samples, skipped=skipped, groups=job['groups'], concepts=rows)
+  if job['tagger']:
+    out['misaligned'] = misalignment(found, num_samples)
+  return out
+
+
+def misalignment(found: dict, num_samples: int) -> dict:
+  """Pairs whose caption and image both hold concepts, but no concept in common (the
+  paper's misalignment degree, src/misalignment_degree_quantification.py)."""
+  union = lambda kind: np.unique(np.concatenate(
+      [np.zeros(0, np.int64)] + [f[kind] for f in found.values()]))
+  both = np.intersect1d(union('text'), union('image'), assume_unique=True)
+  pairs = len(np.setdiff1d(both, union('matched'), assume_unique=True))
+  return dict(pairs=int(pairs), with_both=int(len(both)),
+              fraction_of_with_both=pairs / max(len(both), 1),
+              fraction_of_all=pairs / max(num_samples, 1))
+
+
+# ------------------------------------------------------------------------------ job
+
+def describe_job(config, groups: dict) -> dict:
+  """What fixes the counts: a workdir holding another job's parts is refused."""
+  concepts = sorted({c for names in groups.values() for c in names})
+  terms = [list(concepts_lib.terms(c)) for c in concepts]
+  tagger = config.get('tagger') or {}
+  tagger = tagger.to_dict() if hasattr(tagger, 'to_dict') else dict(tagger)
+  tagger = tagger if tagger.get('model') else {}
+  return dict(data=config.data.to_dict() if hasattr(config.data, 'to_dict') else dict(config.data),
+              part_size=int(config.get('part_size', 10_000)),
+              max_samples=config.get('max_samples'), concepts=concepts, terms=terms,
+              vocabulary=sorted({t for ts in terms for t in ts}), groups=groups,
+              tagger={k: v for k, v in tagger.items() if k != 'batch_size'})
+
+
+def _check_job(workdir: Path, job: dict) -> None:
+  path = workdir / JOB_FILE
+  if path.exists():
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != json.loads(json.dumps(job)):
+      changed = sorted(k for k in set(saved) | set(job)
+                       if saved.get(k) != json.loads(json.dumps(job.get(k))))
+      raise ValueError(f'{path}: {workdir} holds the parts of another counting job (they '
+                       f'differ in {changed}); give a new --workdir')
+  else:
+    report.atomic_write(path, json.dumps(job, indent=1))
+
+
+def _part_path(workdir: Path, n: int) -> Path:
+  return Path(workdir) / PARTS_DIR / f'{n:06d}.npz'
+
+
+def _setup(config, workdir, source=None) -> tuple:
+  groups = load_concepts(config.concepts)
+  job = describe_job(config, groups)
+  source = pipeline.make_source(config.data) if source is None else source
+  return job, source, plan_parts(source, job['part_size'], job['max_samples'])
+
+
+def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
+                source=None, max_parts=None) -> float:
+  """Counts this process's unfinished parts (`source` overrides `config.data`, e.g. an
+  in-memory list in a notebook) -> seconds spent. `max_parts` stops after that many, as
+  a killed job would."""
+  workdir = Path(workdir)
+  (workdir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+  job, source, plan = _setup(config, workdir, source)
+  if process_index == 0:
+    _check_job(workdir, job)
+  todo = [n for n in range(process_index, len(plan), process_count)
+          if not _part_path(workdir, n).exists()][:max_parts]
+  tagger = None
+  if job['tagger'] and todo:
+    tagger = Tagger(job['tagger']['model'], job['concepts'], job['tagger']['threshold'],
+                    job['tagger'].get('templates'),
+                    batch_size=int((config.get('tagger') or {}).get('batch_size', 256)))
+  vocabulary = {term: slot for slot, term in enumerate(job['vocabulary'])}
+  sizes = [len(plan[n][1]) if isinstance(plan[n][1], range) else None for n in todo]
+  t0 = time.perf_counter()
+  with tqdm(total=None if None in sizes else sum(sizes), unit='sample', desc='counting',
+            disable=process_index != 0) as bar:
+    for n in todo:
+      first_id, where = plan[n]
+      write_part(_part_path(workdir, n),
+                 count_part(source, where, first_id, vocabulary, tagger, progress=bar))
+  return time.perf_counter() - t0
+
+
+def _read_parts(config, workdir, source=None) -> tuple:
+  """(job, every part in id order); a part not yet written is an error."""
+  workdir = Path(workdir)
+  job, _, plan = _setup(config, workdir, source)
+  missing = [n for n in range(len(plan)) if not _part_path(workdir, n).exists()]
+  if missing:
+    raise FileNotFoundError(f'{workdir / PARTS_DIR}: parts {missing[:5]} ({len(missing)} '
+                            'in all) are not counted yet; run the job (again) to finish them')
+  return job, [read_part(_part_path(workdir, n)) for n in range(len(plan))]
+
+
+def read_hits(config, workdir, source=None) -> dict:
+  """Which samples hold each concept (`hits`), from a finished job's parts."""
+  return hits(*_read_parts(config, workdir, source))
+
+
+def merge_parts(config, workdir, source=None) -> dict:
+  """counts.json from every part (all must be written)."""
+  counts = merge(*_read_parts(config, workdir, source))
+  report.atomic_write(Path(workdir) / COUNTS_FILE, json.dumps(counts, indent=1))
+  return counts
+
+
+def run(config, workdir, source=None) -> dict:
+  """The whole job on every process: count, wait for all, merge (process 0 writes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  index, count = jax.process_index(), jax.process_count()
+  seconds = count_parts(config, workdir, index, count, source)
+  if count > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('clipjax.analysis.frequency: parts written')
+  if index == 0:
+    counts = merge_parts(config, workdir, source)
+  if count > 1:
+    multihost_utils.sync_global_devices('clipjax.analysis.frequency: counts written')
+  counts = read_counts(workdir) if index else counts
+  log.info('counted in %.1f s (this process, this run)', seconds)
+  return counts
+
+
+def read_counts(workdir) -> dict:
+  with open(Path(workdir) / COUNTS_FILE) as f:
+    return json.load(f)
+
+
+def main(argv):
+  del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('clipjax').setLevel(logging.INFO)
+  from clipjax.train import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
+  import jax  # pylint: disable=g-import-not-at-top
+  counts = run(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    top = sorted(counts['concepts'].items(), key=lambda kv: -kv[1]['text'])
+    print(f'{counts["num_samples"]} samples ({sum(counts["skipped"].values())} skipped), '
+          f'{len(top)} concepts; most frequent in captions: ' +
+          ', '.join(f'{c} {r["text"]}' for c, r in top[:5]))
+    print(f'counts: {Path(_WORKDIR.value) / COUNTS_FILE}')
+
+
+if __name__ == '__main__':
+  # Flags only when run: the study imports this module and defines its own.
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Counting config (ml_collections).')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the parts and counts.json.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
