@@ -1,5 +1,6 @@
 """Concept frequency: lemmas, caption/image/matched counts against brute force, resume,
 the paper's binned log-linear statistic, the long-tail set, and the study's trend."""
+import hashlib
 import json
 
 import jax
@@ -23,6 +24,7 @@ def test_lemmas_handle_plurals_and_multi_word_concepts():
   assert concepts.terms('sports_car') == ('car', 'sport')
   assert concepts.terms('Kite (bird of prey)') == ('bird', 'kite', 'prey')
   assert concepts.terms('children') == ('child',)
+  assert concepts.terms('leaf')[0] in concepts.caption_terms('autumn leaves')  # leaf, leave
   with pytest.raises(ValueError, match="'!!'"):
     concepts.terms('!!')
 
@@ -130,8 +132,43 @@ def test_a_killed_job_resumes_to_the_same_counts(tmp_path, tagger_model):
   with pytest.raises(FileNotFoundError, match='not counted yet'):
     frequency.merge_parts(config, tmp_path / 'killed')
   assert frequency.run(config, tmp_path / 'killed') == whole
+  other = shapes_config(tagger_model, threshold=0.2)
   with pytest.raises(ValueError, match=r"another counting job .*\['tagger'\]"):
-    frequency.run(shapes_config(tagger_model, threshold=0.2), tmp_path / 'killed')
+    frequency.count_parts(other, tmp_path / 'killed', 1, 2)  # any process refuses
+  with pytest.raises(ValueError, match='another counting job'):
+    frequency.merge_parts(other, tmp_path / 'whole')
+  config.data.num_workers = 4  # how training reads, not what: the same job
+  assert frequency.merge_parts(config, tmp_path / 'whole') == whole
+
+
+def test_tar_shards_count_captions_whatever_their_images(tmp_path, tagger_model):
+  """Ids are shard * 2**32 + position; a caption whose image does not decode still
+  counts (it is only left untagged), so caption counts never depend on the tagger."""
+  import io  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from clipjax.data import sources  # pylint: disable=import-outside-toplevel
+  jpeg = io.BytesIO()
+  Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(jpeg, format='JPEG')
+  writer = sources.ShardWriter(str(tmp_path / 'shards'), shard_size=2)
+  for i, caption in enumerate(['a red circle', 'a blue circle', 'two red squares', '']):
+    writer.write(f'{i:04d}', {'jpg': b'not a jpeg' if i == 1 else jpeg.getvalue(),
+                              'txt': caption})
+  writer.close()
+  config = count_config(['red', 'circle'], data=dict(format='wds', train=writer.pattern()))
+  text_only = frequency.run(config, tmp_path / 'text')
+  config.tagger = dict(model=tagger_model, threshold=-1.0, templates=['a {}'])
+  tagged = frequency.run(config, tmp_path / 'tagged')
+  for counts in (text_only, tagged):
+    assert {c: r['text'] for c, r in counts['concepts'].items()} == dict(red=2, circle=2)
+    assert counts['skipped'] == {'empty_caption': 1} and counts['num_samples'] == 4
+  assert tagged['untagged'] == {'decode_error': 1}
+  assert tagged['concepts']['red']['image'] == 3  # every decodable image (cosine > -1)
+  found = frequency.read_hits(config, tmp_path / 'tagged')
+  assert found['red']['text'].tolist() == [0, 2 ** 32]
+  assert found['circle']['matched'].tolist() == [0]
+
+
+PINNED_CAPTIONS = '102341b93534e46a'  # sha256 of ShapesSource('train', 50, 16) at ef95d55
 
 
 def test_zipf_shapes_follow_their_weights():
@@ -147,7 +184,10 @@ def test_zipf_shapes_follow_their_weights():
   np.testing.assert_allclose(seen / seen.sum(), expected, atol=0.015)
   assert expected[0] > 5 * expected[-1]
   uniform = shapes.ShapesSource('train', 50, 16, seed=0)
-  assert [uniform.caption(i) for i in range(50)] == uniform.captions()
+  captions = [uniform[i]['caption'] for i in range(50)]
+  assert [uniform.caption(i) for i in range(50)] == captions
+  # The default stream as it was before zipf and caption() (pinned).
+  assert hashlib.sha256('\n'.join(captions).encode()).hexdigest()[:16] == PINNED_CAPTIONS
 
 
 def official_curve(counts, values, num_bins=12):

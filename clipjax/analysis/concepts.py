@@ -3,16 +3,19 @@
 
 A caption holds a concept when it holds every one of the concept's terms, in any order
 and position (the official AND over unigram postings). Captions and concepts go through
-the same function: lowercase, split into letter/digit runs, drop function words, and
+the same steps: lowercase, split into letter/digit runs, drop function words, and
 lemmatise each word as a noun with lemminflect (an offline PyPI lemmatiser with its own
 dictionary; words outside it get its suffix rules, the same on both sides, so a query
-always finds the form captions were indexed under).
+always finds the form captions were indexed under). A caption word with several noun
+lemmas is indexed under all of them ('leaves': leaf and leave), a concept word queries
+its first ('leaves' -> leave), so the concept 'leaf' finds captions saying 'leaves'.
 
 Differences from the official code, on purpose:
-  - no part-of-speech filter: the official index keeps spaCy's NOUN/PROPN tokens, which
-    needs a tagger model that is not on PyPI. Every content word is indexed, so "red" in
-    "a red car" counts for the concept "red" (an adjective there), as a class name such
-    as a colour needs;
+  - no part-of-speech tagging: the official index keeps the tokens spaCy tags NOUN/PROPN
+    in context, which needs a tagger model that is not on PyPI. Every content word is
+    indexed, so "red" in "a red car" counts for the concept "red" (an adjective there),
+    as a class name such as a colour needs; retrieval concepts keep the words that can
+    be nouns (lemminflect's noun dictionary), which context-free also lets "sitting" in;
   - keys are lowercased on both sides (the official index keeps proper nouns' case while
     queries are lowercased, so "Paris" in a caption never matched the query "paris");
   - digits are kept ("7" is a class of digit sets), other characters split words.
@@ -36,9 +39,19 @@ most much many one s t
 
 
 @functools.lru_cache(maxsize=1 << 20)
+def lemmas(word: str) -> tuple:
+  """A lowercase word's noun lemmas ('mice' -> mouse; 'leaves' -> leave, leaf); a word
+  outside the dictionary gets one, by lemminflect's suffix rules."""
+  return tuple(lemminflect.getLemma(word, upos='NOUN')) or (word,)
+
+
 def lemma(word: str) -> str:
-  """A lowercase word's noun lemma ('mice' -> 'mouse'; a word with several, the first)."""
-  return lemminflect.getLemma(word, upos='NOUN')[0] or word
+  return lemmas(word)[0]
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def can_be_noun(word: str) -> bool:
+  return bool(lemminflect.getAllLemmas(word, upos='NOUN'))
 
 
 def words(text: str) -> list:
@@ -46,8 +59,8 @@ def words(text: str) -> list:
 
 
 def caption_terms(caption: str) -> set:
-  """The set of content-word lemmas of a caption: its keys in the index."""
-  return {lemma(w) for w in words(caption) if w not in STOPWORDS}
+  """Every noun lemma of a caption's content words: its keys in the index."""
+  return {t for w in words(caption) if w not in STOPWORDS for t in lemmas(w)}
 
 
 def terms(concept: str) -> tuple:
@@ -62,10 +75,13 @@ def terms(concept: str) -> tuple:
 
 
 def caption_concepts(captions_per_item, min_items: int = 10) -> list:
-  """Retrieval concepts: the terms of an item's captions (their union per item), kept
-  when at least `min_items` items hold them (the official keeps a noun in >= 10 images)."""
+  """Retrieval concepts: the noun lemmas of an item's captions (their union per item; a
+  word that can be a noun), kept when at least `min_items` items hold them (the official
+  keeps a noun in >= 10 images)."""
   items = {}
   for captions in captions_per_item:
-    for term in set().union(*(caption_terms(c) for c in captions)):
+    held = {lemma(w) for c in captions for w in words(c)
+            if w not in STOPWORDS and can_be_noun(w)}
+    for term in held:
       items[term] = items.get(term, 0) + 1
   return sorted(t for t, n in items.items() if n >= min_items)

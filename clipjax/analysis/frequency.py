@@ -3,7 +3,8 @@
 bethgelab/frequency_determines_performance).
 
   python -m clipjax.analysis.frequency --config configs/frequency_quickstart.py:count \
-      --workdir runs/frequency/counts --config.tagger.model=runs/frequency/seed0/export
+      --workdir runs/frequency_counts \
+      --config.tagger.model=runs/frequency/seed0/pretrain/export
 
 Caption frequency: an inverted index from each concept term (`clipjax.analysis.concepts`)
 to the sorted ids of the captions that hold it; a concept's captions are the intersection
@@ -16,12 +17,15 @@ export) standing in for the official RAM++: an image shows a concept when the co
 its embedding with the concept's prompt-ensemble embedding (`zeroshot_classifier`) is
 above `tagger.threshold`. Matched frequency is the intersection of both, per sample id.
 
-The data is any training source (`config.data`, as `clipjax.main` reads it), cut into
-parts: index ranges of `part_size` for random-access sources (sample id = index), one
-shard each for tar shards (id = shard number * 2**32 + position in the shard). Process p
-of P counts parts p, p + P, ... and writes each as parts/<n>.npz when it is complete
-(atomically), so a killed job recounts only the parts it had not finished; then process
-0 merges every part into counts.json (per concept: terms, text, image, matched). Unreadable samples are skipped and counted by reason.
+The data is any training source (`config.data`, as stored: a training run's caption
+swaps, `label_noise`, are not applied), cut into parts: index ranges of `part_size` for
+random-access sources (sample id = index), one shard each for tar shards (id = shard
+number * 2**32 + position in the shard). Process p of P counts parts p, p + P, ... and
+writes each as parts/<n>.npz when it is complete (atomically), so a killed job recounts
+only the parts it had not finished; then process 0 merges the parts one at a time into
+counts.json: per concept its terms and text, image and matched counts, the samples whose
+caption (`skipped`) or image (`untagged`) could not be read, by reason, and the
+misalignment degree. Each process tags on one device (run one process per accelerator).
 """
 import json
 import logging
@@ -57,23 +61,31 @@ def load_concepts(spec) -> dict:
     caption lists (one list per image; `concepts.caption_concepts`)."""
   groups = {}
   for name, entry in (spec.to_dict() if hasattr(spec, 'to_dict') else dict(spec)).items():
-    if isinstance(entry, (list, tuple)):
-      names = [str(c) for c in entry]
-    elif isinstance(entry, str):
-      names = datasets.resolve_classnames(entry)
-    elif 'captions' in entry:
-      with open(entry['captions']) as f:
-        names = concepts_lib.caption_concepts(json.load(f), int(entry.get('min_items', 10)))
-    else:
-      options = dict(entry)
-      folder = options.pop('image_folder', None)
-      names = datasets.load_image_set(8, image_folder_path=folder, **options).classnames
+    try:
+      names = _concept_list(entry)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+      raise type(e)(f'config.concepts.{name}={entry!r}: {e}') from e
     if not names:
       raise ValueError(f'config.concepts.{name} gives no concepts')
     groups[name] = list(names)
   if not groups:
     raise ValueError('config.concepts is empty: name at least one list of concepts')
   return groups
+
+
+def _concept_list(entry) -> list:
+  if isinstance(entry, (list, tuple)):
+    return [str(c) for c in entry]
+  if isinstance(entry, str):
+    return datasets.resolve_classnames(entry)
+  if not isinstance(entry, dict):
+    raise TypeError('expected a list, a class-names key or file, or a dict')
+  if 'captions' in entry:
+    with open(entry['captions']) as f:
+      return concepts_lib.caption_concepts(json.load(f), int(entry.get('min_items', 10)))
+  options = dict(entry)
+  folder = options.pop('image_folder', None)
+  return datasets.load_image_set(8, image_folder_path=folder, **options).classnames
 
 
 # --------------------------------------------------------------------------- tagger
@@ -134,62 +146,81 @@ def plan_parts(source, part_size: int, max_samples=None) -> list:
           for start in range(0, total, part_size)]
 
 
+def _decode(raw: dict, decoder, with_image: bool) -> tuple:
+  """(caption, image, caption skip reason, image skip reason) of a stored record: the
+  caption is read whether or not its image decodes (caption counts never depend on
+  the tagger)."""
+  if sources.SKIP_KEY in raw:
+    return None, None, raw[sources.SKIP_KEY], raw[sources.SKIP_KEY]
+  caption = image = caption_skip = image_skip = None
+  try:
+    caption = sources.decode_text(raw.get(decoder.caption_key))
+  except sources.BadSample as e:
+    caption_skip = e.reason
+  if with_image:
+    data = next((raw[e] for e in decoder.image_exts if raw.get(e) is not None), None)
+    try:
+      if data is None:
+        raise sources.BadSample('missing_image')
+      image = sources.decode_image(data, draft_size=decoder.draft_size,
+                                   as_array=decoder.as_array)
+    except sources.BadSample as e:
+      image_skip = e.reason
+  return caption, image, caption_skip, image_skip
+
+
 def _records(source, where, with_images: bool):
-  """(id, caption or None, image or None, skip reason or None) for one part."""
-  if isinstance(where, range):
-    for index in where:
-      if with_images or not hasattr(source, 'caption'):
-        record = source[index]
-        skip = record.get(sources.SKIP_KEY)
-        yield index, record.get('caption'), record.get('image'), skip
-      else:
-        try:
-          yield index, source.caption(index), None, None
-        except sources.BadSample as e:
-          yield index, None, None, e.reason
+  """(position, caption, image, caption skip reason, image skip reason) for one part."""
+  if not isinstance(where, range):
+    for position, raw in enumerate(sources.iter_tar_samples(where)):
+      yield (position,) + _decode(raw, source.decoder, with_images)
     return
-  for position, raw in enumerate(sources.iter_tar_samples(where)):
-    if with_images:
-      record = source.decoder(raw)
-      caption, image = record.get('caption'), record.get('image')
+  for index in where:
+    if hasattr(source, 'raw'):  # stored records (csv, array_record)
+      yield (index,) + _decode(source.raw(index), source.decoder, with_images)
+    elif with_images or not hasattr(source, 'caption'):  # generated records
+      record = source[index]
       skip = record.get(sources.SKIP_KEY)
+      yield index, record.get('caption'), record.get('image'), skip, skip
     else:
-      image, skip = None, raw.get(sources.SKIP_KEY)
       try:
-        caption = None if skip else sources.decode_text(raw.get(source.caption_key))
+        yield index, source.caption(index), None, None, None
       except sources.BadSample as e:
-        caption, skip = None, e.reason
-    yield position, caption, image, skip
+        yield index, None, None, e.reason, None
 
 
 def count_part(source, where, first_id: int, vocabulary: dict, tagger=None,
                chunk: int = 1024, progress=None) -> dict:
   """One part's postings: every vocabulary term's caption ids and, with a tagger, every
-  concept's image ids (int64, sorted), plus the skipped samples by reason."""
+  concept's image ids (int64, sorted); samples whose caption (`skipped`) or image
+  (`untagged`) could not be read, by reason."""
   postings = [[] for _ in vocabulary]
   tagged = [[] for _ in range(len(tagger.classifier))] if tagger is not None else []
-  skipped, num_samples = {}, 0
+  skipped, untagged, num_samples = {}, {}, 0
   pending_ids, pending_images = [], []
 
   def tag():
     if pending_ids:
-      hits = tagger(pending_images)
-      for c, column in enumerate(hits.T):
+      for c, column in enumerate(tagger(pending_images).T):
         tagged[c].extend(np.asarray(pending_ids)[column].tolist())
       pending_ids.clear()
       pending_images.clear()
 
-  for offset, caption, image, skip in _records(source, where, tagger is not None):
+  for position, caption, image, caption_skip, image_skip in _records(
+      source, where, tagger is not None):
     num_samples += 1
-    sample_id = first_id + offset if isinstance(where, str) else offset
-    if skip:
-      skipped[skip] = skipped.get(skip, 0) + 1
+    sample_id = position if isinstance(where, range) else first_id + position
+    if caption_skip:
+      skipped[caption_skip] = skipped.get(caption_skip, 0) + 1
     else:
       for term in concepts_lib.caption_terms(caption):
         slot = vocabulary.get(term)
         if slot is not None:
           postings[slot].append(sample_id)
-      if tagger is not None:
+    if tagger is not None:
+      if image_skip:
+        untagged[image_skip] = untagged.get(image_skip, 0) + 1
+      else:
         pending_ids.append(sample_id)
         pending_images.append(image)
         if len(pending_ids) == chunk:
@@ -198,7 +229,7 @@ def count_part(source, where, first_id: int, vocabulary: dict, tagger=None,
       progress.update(1)
   if tagger is not None:
     tag()
-  return dict(num_samples=num_samples, skipped=skipped,
+  return dict(num_samples=num_samples, skipped=skipped, untagged=untagged,
               postings=[np.asarray(p, np.int64) for p in postings],
               tagged=[np.asarray(t, np.int64) for t in tagged])
 
@@ -219,77 +250,117 @@ def write_part(path: Path, part: dict) -> None:
   image_offsets, image_ids = _pack(part['tagged'])
   tmp = path.with_name(path.name + '.tmp.npz')
   np.savez(tmp, num_samples=part['num_samples'], skipped=json.dumps(part['skipped']),
-           term_offsets=term_offsets, term_ids=term_ids, image_offsets=image_offsets,
-           image_ids=image_ids)
+           untagged=json.dumps(part['untagged']), term_offsets=term_offsets,
+           term_ids=term_ids, image_offsets=image_offsets, image_ids=image_ids)
   os.replace(tmp, path)
 
 
-def read_part(path: Path) -> dict:
+def read_part(path: Path, job: dict) -> dict:
   with np.load(path) as z:
-    return dict(num_samples=int(z['num_samples']), skipped=json.loads(str(z['skipped'])),
+    part = dict(num_samples=int(z['num_samples']), skipped=json.loads(str(z['skipped'])),
+                untagged=json.loads(str(z['untagged'])),
                 postings=_unpack(z['term_offsets'], z['term_ids']),
                 tagged=_unpack(z['image_offsets'], z['image_ids']))
+  shape = (len(part['postings']), len(part['tagged']))
+  expected = (len(job['vocabulary']), len(job['concepts']) if job['tagger'] else 0)
+  if shape != expected:
+    raise ValueError(f'{path}: holds {shape[0]} terms and {shape[1]} tagged concepts, the '
+                     f'job {expected[0]} and {expected[1]}: the part is another job\'s')
+  return part
 
 
 # ---------------------------------------------------------------------------- merge
 
-def text_hits(concept_terms: tuple, index: dict) -> np.ndarray:
-  """Caption ids holding every term of the concept that any caption holds."""
-  found = [index[t] for t in concept_terms if len(index.get(t, ()))]
-  if not found:
-    return np.zeros(0, np.int64)
-  hits = found[0]
-  for ids in found[1:]:
-    hits = np.intersect1d(hits, ids, assume_unique=True)
-  return hits
+def _present_terms(job: dict, paths: list) -> np.ndarray:
+  """bool [vocabulary]: the terms some caption holds (reads the parts' offsets only)."""
+  present = np.zeros(len(job['vocabulary']), bool)
+  for path in paths:
+    with np.load(path) as z:
+      present |= np.diff(z['term_offsets']) > 0
+  return present
 
 
-def hits(job: dict, parts: list) -> dict:
-  """{concept: {'text': ids, 'image': ids, 'matched': ids}} (sorted int64; image and
-  matched with a tagger) from the parts in id order."""
-  index = {term: np.concatenate([p['postings'][slot] for p in parts])
-           for slot, term in enumerate(job['vocabulary'])}
+def _part_hits(job: dict, part: dict, present: np.ndarray) -> dict:
+  """{concept: {'text', 'image', 'matched': ids}} within one part. A concept's captions
+  hold all its terms that any caption in the whole data holds (a term no caption holds is
+  left out, as in the official query), so parts can be merged by concatenation."""
+  slots = {t: i for i, t in enumerate(job['vocabulary'])}
   out = {}
   for c, concept in enumerate(job['concepts']):
-    out[concept] = dict(text=text_hits(tuple(job['terms'][c]), index))
+    found = [part['postings'][slots[t]] for t in job['terms'][c] if present[slots[t]]]
+    text = found[0] if found else np.zeros(0, np.int64)
+    for ids in found[1:]:
+      text = np.intersect1d(text, ids, assume_unique=True)
+    out[concept] = dict(text=text)
     if job['tagger']:
-      image = np.concatenate([p['tagged'][c] for p in parts])
-      out[concept].update(image=image, matched=np.intersect1d(out[concept]['text'], image,
-                                                              assume_unique=True))
+      image = part['tagged'][c]
+      out[concept].update(image=image,
+                          matched=np.intersect1d(text, image, assume_unique=True))
   return out
 
 
-def merge(job: dict, parts: list) -> dict:
-  """Counts from the parts: per concept its terms and text, image and matched
-  frequency; totals of samples and skips."""
-  found = hits(job, parts)
-  rows = {concept: dict(terms=job['terms'][c],
-                        **{kind: int(len(ids)) for kind, ids in found[concept].items()})
-          for c, concept in enumerate(job['concepts'])}
-  skipped = {}
-  for p in parts:
-    for reason, n in p['skipped'].items():
-      skipped[reason] = skipped.get(reason, 0) + n
-  num_samples = int(sum(p['num_samples'] for p in parts))
-  out = dict(num_samples=num_samples, skipped=skipped, groups=job['groups'], concepts=rows)
-  if job['tagger']:
-    out['misaligned'] = misalignment(found, num_samples)
-  return out
-
-
-def misalignment(found: dict, num_samples: int) -> dict:
-  """Pairs whose caption and image both hold concepts, but no concept in common (the
-  paper's misalignment degree, src/misalignment_degree_quantification.py)."""
+def _misaligned(found: dict) -> tuple:
+  """(pairs whose caption and image both hold concepts but none in common, pairs with
+  concepts on both sides): the paper's misalignment degree
+  (src/misalignment_degree_quantification.py)."""
   union = lambda kind: np.unique(np.concatenate(
       [np.zeros(0, np.int64)] + [f[kind] for f in found.values()]))
   both = np.intersect1d(union('text'), union('image'), assume_unique=True)
-  pairs = len(np.setdiff1d(both, union('matched'), assume_unique=True))
-  return dict(pairs=int(pairs), with_both=int(len(both)),
-              fraction_of_with_both=pairs / max(len(both), 1),
-              fraction_of_all=pairs / max(num_samples, 1))
+  return len(np.setdiff1d(both, union('matched'), assume_unique=True)), len(both)
+
+
+def _add(total: dict, counts: dict) -> None:
+  for key, n in counts.items():
+    total[key] = total.get(key, 0) + n
+
+
+def merge(job: dict, paths: list) -> dict:
+  """Counts from the part files, read one at a time (memory: one part): per concept its
+  terms and text, image and matched frequency; samples, skips and the misalignment."""
+  present = _present_terms(job, paths)
+  kinds = ('text', 'image', 'matched') if job['tagger'] else ('text',)
+  rows = {c: dict(terms=job['terms'][i], **dict.fromkeys(kinds, 0))
+          for i, c in enumerate(job['concepts'])}
+  num_samples, skipped, untagged, misaligned, with_both = 0, {}, {}, 0, 0
+  for path in paths:
+    part = read_part(path, job)
+    found = _part_hits(job, part, present)
+    for concept, ids in found.items():
+      for kind in kinds:
+        rows[concept][kind] += int(len(ids[kind]))
+    num_samples += part['num_samples']
+    _add(skipped, part['skipped'])
+    _add(untagged, part['untagged'])
+    if job['tagger']:
+      pairs, both = _misaligned(found)
+      misaligned, with_both = misaligned + pairs, with_both + both
+  out = dict(num_samples=num_samples, skipped=skipped, untagged=untagged,
+             groups=job['groups'], concepts=rows)
+  if job['tagger']:
+    counted = num_samples - sum(skipped.values())
+    out['misaligned'] = dict(pairs=misaligned, fraction=misaligned / max(counted, 1),
+                             with_both=with_both,
+                             fraction_of_with_both=misaligned / max(with_both, 1))
+  return out
+
+
+def hits(job: dict, paths: list) -> dict:
+  """{concept: {kind: sorted ids}} over every part (all ids in memory: for small jobs
+  and checks, e.g. against a synthetic generator's truth)."""
+  present = _present_terms(job, paths)
+  found = [_part_hits(job, read_part(path, job), present) for path in paths]
+  return {concept: {kind: np.concatenate([np.zeros(0, np.int64)] + [f[concept][kind]
+                                                                   for f in found])
+                    for kind in kinds}
+          for concept, kinds in (found[0].items() if found else ())}
 
 
 # ------------------------------------------------------------------------------ job
+
+# Data keys that change how training reads a source, not what it holds.
+_NOT_CONTENT = ('num_workers', 'shuffle_buffer', 'cycle_length', 'read_threads',
+                'process_split', 'augment', 'mean', 'std', 'label_noise', 'image_size')
+
 
 def describe_job(config, groups: dict) -> dict:
   """What fixes the counts: a workdir holding another job's parts is refused."""
@@ -298,35 +369,44 @@ def describe_job(config, groups: dict) -> dict:
   tagger = config.get('tagger') or {}
   tagger = tagger.to_dict() if hasattr(tagger, 'to_dict') else dict(tagger)
   tagger = tagger if tagger.get('model') else {}
-  return dict(data=config.data.to_dict() if hasattr(config.data, 'to_dict') else dict(config.data),
+  data = config.data.to_dict() if hasattr(config.data, 'to_dict') else dict(config.data)
+  return dict(data={k: v for k, v in data.items() if k not in _NOT_CONTENT},
               part_size=int(config.get('part_size', 10_000)),
               max_samples=config.get('max_samples'), concepts=concepts, terms=terms,
               vocabulary=sorted({t for ts in terms for t in ts}), groups=groups,
               tagger={k: v for k, v in tagger.items() if k != 'batch_size'})
 
 
-def _check_job(workdir: Path, job: dict) -> None:
+def _check_job(workdir: Path, job: dict, create: bool) -> None:
+  """Every process checks the workdir's job (and writes it when absent: the same text
+  from each); a job with other data, concepts or tagger is refused."""
   path = workdir / JOB_FILE
-  if path.exists():
-    with open(path) as f:
-      saved = json.load(f)
-    if saved != json.loads(json.dumps(job)):
-      changed = sorted(k for k in set(saved) | set(job)
-                       if saved.get(k) != json.loads(json.dumps(job.get(k))))
-      raise ValueError(f'{path}: {workdir} holds the parts of another counting job (they '
-                       f'differ in {changed}); give a new --workdir')
-  else:
-    report.atomic_write(path, json.dumps(job, indent=1))
+  job = json.loads(json.dumps(job))
+  if not path.exists():
+    if not create:
+      raise FileNotFoundError(f'{path}: no counting job in {workdir}')
+    tmp = path.with_name(f'{JOB_FILE}.tmp{os.getpid()}')
+    tmp.write_text(json.dumps(job, indent=1))
+    os.replace(tmp, path)
+  saved = json.loads(path.read_text())
+  if saved != job:
+    changed = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
+    raise ValueError(f'{path}: {workdir} holds the parts of another counting job (they '
+                     f'differ in {changed}); give a new --workdir')
 
 
 def _part_path(workdir: Path, n: int) -> Path:
   return Path(workdir) / PARTS_DIR / f'{n:06d}.npz'
 
 
-def _setup(config, workdir, source=None) -> tuple:
+def _setup(config, source=None, image_size=None) -> tuple:
   groups = load_concepts(config.concepts)
   job = describe_job(config, groups)
-  source = pipeline.make_source(config.data) if source is None else source
+  if config.data.get('label_noise'):
+    log.warning('data.label_noise=%s is ignored: counts are of the data as stored, not of '
+                'the captions a training run swaps', config.data.label_noise)
+  if source is None:
+    source = pipeline.make_source(config.data, image_size=image_size)
   return job, source, plan_parts(source, job['part_size'], job['max_samples'])
 
 
@@ -334,12 +414,12 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
                 source=None, max_parts=None) -> float:
   """Counts this process's unfinished parts (`source` overrides `config.data`, e.g. an
   in-memory list in a notebook) -> seconds spent. `max_parts` stops after that many, as
-  a killed job would."""
+  a killed job would. Images are read at the tagger's resolution (a JPEG's DCT-scaled
+  decode) and resized and centre-cropped to it (RAM++ resizes without a crop)."""
   workdir = Path(workdir)
   (workdir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-  job, source, plan = _setup(config, workdir, source)
-  if process_index == 0:
-    _check_job(workdir, job)
+  job, source_, plan = _setup(config, source)
+  _check_job(workdir, job, create=True)
   todo = [n for n in range(process_index, len(plan), process_count)
           if not _part_path(workdir, n).exists()][:max_parts]
   tagger = None
@@ -347,6 +427,8 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
     tagger = Tagger(job['tagger']['model'], job['concepts'], job['tagger']['threshold'],
                     job['tagger'].get('templates'),
                     batch_size=int((config.get('tagger') or {}).get('batch_size', 256)))
+    if source is None:  # decode no smaller than the tagger reads
+      source_ = pipeline.make_source(config.data, image_size=tagger.encoder.image_size)
   vocabulary = {term: slot for slot, term in enumerate(job['vocabulary'])}
   sizes = [len(plan[n][1]) if isinstance(plan[n][1], range) else None for n in todo]
   t0 = time.perf_counter()
@@ -355,29 +437,31 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
     for n in todo:
       first_id, where = plan[n]
       write_part(_part_path(workdir, n),
-                 count_part(source, where, first_id, vocabulary, tagger, progress=bar))
+                 count_part(source_, where, first_id, vocabulary, tagger, progress=bar))
   return time.perf_counter() - t0
 
 
-def _read_parts(config, workdir, source=None) -> tuple:
-  """(job, every part in id order); a part not yet written is an error."""
+def _part_paths(config, workdir, source=None) -> tuple:
+  """(job, every part's path in id order), checked against the workdir's job; a part
+  not yet written is an error."""
   workdir = Path(workdir)
-  job, _, plan = _setup(config, workdir, source)
+  job, _, plan = _setup(config, source)
+  _check_job(workdir, job, create=False)
   missing = [n for n in range(len(plan)) if not _part_path(workdir, n).exists()]
   if missing:
     raise FileNotFoundError(f'{workdir / PARTS_DIR}: parts {missing[:5]} ({len(missing)} '
                             'in all) are not counted yet; run the job (again) to finish them')
-  return job, [read_part(_part_path(workdir, n)) for n in range(len(plan))]
+  return job, [_part_path(workdir, n) for n in range(len(plan))]
 
 
 def read_hits(config, workdir, source=None) -> dict:
   """Which samples hold each concept (`hits`), from a finished job's parts."""
-  return hits(*_read_parts(config, workdir, source))
+  return hits(*_part_paths(config, workdir, source))
 
 
 def merge_parts(config, workdir, source=None) -> dict:
   """counts.json from every part (all must be written)."""
-  counts = merge(*_read_parts(config, workdir, source))
+  counts = merge(*_part_paths(config, workdir, source))
   report.atomic_write(Path(workdir) / COUNTS_FILE, json.dumps(counts, indent=1))
   return counts
 

@@ -32,8 +32,6 @@ from clipjax.evaluate import ZeroShotEvaluator, datasets, report, zeroshot_class
 from clipjax.evaluate import zeroshot_metrics
 from clipjax.train import loop
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config (ml_collections).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the results.')
 
 log = logging.getLogger(__name__)
 KINDS = ('text', 'image', 'matched')
@@ -92,9 +90,14 @@ def run_seed(study, seed: int, workdir: Path) -> dict:
   export = loop.train_and_export(config, workdir / f'seed{seed}' / 'pretrain')
   count_config = ConfigDict(study.count.to_dict())
   count_config.data, count_config.tagger.model = config.data, str(export)  # what it read
-  counts = frequency.run(count_config, workdir / f'seed{seed}' / 'counts')['concepts']
+  job = frequency.run(count_config, workdir / f'seed{seed}' / 'counts')
+  counts = job['concepts']
   encoder = frequency.clip_encoder(str(export))
   accuracy = class_accuracy(encoder, study.concept_tasks)
+  uncounted = sorted({c for _, c, _ in accuracy} - set(counts))
+  if uncounted:
+    raise KeyError(f'classes of config.concept_tasks not among config.count.concepts: '
+                   f'{uncounted[:5]} ({len(uncounted)} in all)')
   truth = true_hits(pipeline.make_source(config.data), [c for _, c, _ in accuracy])
   concepts = [dict(task=task, concept=c, accuracy=a,
                    true=int(len(truth[c])) if truth else None,
@@ -111,7 +114,7 @@ def run_seed(study, seed: int, workdir: Path) -> dict:
   tail, head = long_tail.tail_and_head(image_set, freq, study.long_tail.num_classes,
                                        study.long_tail.per_class, seed=int(seed))
   return dict(seed=int(seed), frequency=study.frequency, concepts=concepts, fits=fits,
-              agreement_with_truth=agreement, tail_classes=tail.classnames,
+              agreement_with_truth=agreement, misaligned=job['misaligned'], tail_classes=tail.classnames,
               tail_top1=zeroshot_top1(encoder, tail), head_top1=zeroshot_top1(encoder, head))
 
 
@@ -152,7 +155,9 @@ def markdown(rows: list) -> str:
             f'{rows[0]["frequency"]} frequency) against the as many most frequent, '
             'zero-shot top-1:', '', '| set | top-1 |', '|---|---|',
             f'| tail | {_cell([r["tail_top1"] for r in rows], 3)} |',
-            f'| head | {_cell([r["head_top1"] for r in rows], 3)} |']
+            f'| head | {_cell([r["head_top1"] for r in rows], 3)} |', '',
+            'Misalignment degree (pairs with concepts on both sides but none in common, of '
+            f'the samples counted): {_cell([r["misaligned"]["fraction"] for r in rows], 4)}']
   return '\n'.join(lines) + '\n'
 
 
@@ -190,5 +195,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run: tests import several studies into one process.
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config (ml_collections).')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the results.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -5,7 +5,8 @@ notebooks/zero_shot_integrated_search_results.ipynb), plus a least-squares slope
 x = ln(max(count, 1)); edges = linspace(min x, max x, num_bins); bin b of a point is
 `np.digitize(x, edges, right=True)`, the interval (edges[b-1], edges[b]], drawn at its
 right edge. The curve is (edges[b], mean y in b) for b in 1..num_bins-2: the first and
-last bins are dropped, as in the official plots. The paper's statistic is Pearson's r
+last bins are dropped, as in the official plots (`first_bin=2` drops two at the start, as
+their LAION-400M plots do). The paper's statistic is Pearson's r
 between those edges and means. The official code indexes the means of non-empty bins
 only, so an empty bin shifts every later mean onto the wrong edge; here an empty bin is
 left out of the curve instead. The slope is ordinary least squares of y on ln(count)
@@ -19,7 +20,7 @@ def log_counts(counts) -> np.ndarray:
   return np.log(np.maximum(np.asarray(counts, np.float64), 1.0))
 
 
-def binned_curve(counts, values, num_bins: int = 12) -> dict:
+def binned_curve(counts, values, num_bins: int = 12, first_bin: int = 1) -> dict:
   """{'edges': [k] log-frequency edges, 'mean', 'std', 'size': per drawn bin}."""
   x, y = log_counts(counts), np.asarray(values, np.float64)
   if len(x) != len(y) or len(x) < 2:
@@ -27,16 +28,16 @@ def binned_curve(counts, values, num_bins: int = 12) -> dict:
                      f'and {len(y)} values')
   edges = np.linspace(x.min(), x.max(), num_bins)
   bins = np.digitize(x, edges, right=True)
-  drawn = [b for b in range(1, num_bins - 1) if np.any(bins == b)]
+  drawn = [b for b in range(first_bin, num_bins - 1) if np.any(bins == b)]
   return dict(edges=edges[drawn], mean=np.asarray([y[bins == b].mean() for b in drawn]),
               std=np.asarray([y[bins == b].std() for b in drawn]),
               size=np.asarray([np.sum(bins == b) for b in drawn]))
 
 
-def fit(counts, values, num_bins: int = 12) -> dict:
+def fit(counts, values, num_bins: int = 12, first_bin: int = 1) -> dict:
   """Pearson r (and p) of the binned curve, as the paper reports it; Spearman rho and the
   OLS slope and intercept of the raw points against ln(count)."""
-  curve = binned_curve(counts, values, num_bins)
+  curve = binned_curve(counts, values, num_bins, first_bin)
   x, y = log_counts(counts), np.asarray(values, np.float64)
   r, p = (stats.pearsonr(curve['edges'], curve['mean']) if len(curve['edges']) > 2
           else (np.nan, np.nan))

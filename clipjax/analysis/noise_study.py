@@ -29,8 +29,6 @@ from clipjax.convert import native
 from clipjax.evaluate import Encoder, EvalView, datasets, report
 from clipjax.train import loop
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config (ml_collections).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the results.')
 
 log = logging.getLogger(__name__)
 
@@ -172,5 +170,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run: tests import several studies into one process.
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config (ml_collections).')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the results.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
