@@ -313,19 +313,25 @@ def digit_task(image_size: int = 32, num_samples: int = 500, seed: int = 0) -> Z
                       np.stack(images), np.asarray(labels, np.int64))
 
 
+def single_objects(split: str, combos, image_size: int, num_samples: int, seed: int) -> tuple:
+  """(uint8 images [N, S, S, 3], their objects): one object each, (shape, colour) uniform
+  over `combos`, sample i a function of (seed, split, i)."""
+  images, objects = [], []
+  for index in range(num_samples):
+    rng = _rng(seed, split, index)
+    scene = sample_scene(rng, combos, num_objects=1)
+    images.append(draw_scene(scene, image_size, rng))
+    objects.append(scene[0])
+  return np.stack(images), objects
+
+
 def zeroshot_tasks(image_size: int = 32, num_samples: int = 500, seed: int = 0) -> dict:
   """Zero-shot classification tasks over single-object held-out-combination images.
 
   Tasks: 'shapes_heldout_shape' (6 classes), 'shapes_heldout_colour' (8 classes),
   'shapes_heldout_position' (5 classes); chance is 1 / len(classnames).
   """
-  images, objects = [], []
-  for index in range(num_samples):
-    rng = _rng(seed, 'zeroshot', index)
-    scene = sample_scene(rng, HELDOUT_COMBOS, num_objects=1)
-    images.append(draw_scene(scene, image_size, rng))
-    objects.append(scene[0])
-  images = np.stack(images)
+  images, objects = single_objects('zeroshot', HELDOUT_COMBOS, image_size, num_samples, seed)
 
   def task(names, attr, templates):
     labels = np.asarray([names.index(getattr(o, attr)) for o in objects], np.int64)
@@ -349,14 +355,8 @@ def concept_tasks(image_size: int = 32, num_samples: int = 840, seed: int = 0) -
   held-out ones included: 'shapes_all_shape' (6 classes), 'shapes_all_colour' (all 14
   colours) and 'shapes_all_combo' (84 classes such as 'red circle'), one class per
   concept, as the concept-frequency study pairs them with their counts."""
-  combos = sorted((s, c) for s in SHAPES for c in COLOURS)
-  images, objects = [], []
-  for index in range(num_samples):
-    rng = _rng(seed, 'concepts', index)
-    scene = sample_scene(rng, combos, num_objects=1)
-    images.append(draw_scene(scene, image_size, rng))
-    objects.append(scene[0])
-  images = np.stack(images)
+  combos = sorted(SPLITS['all'])
+  images, objects = single_objects('concepts', combos, image_size, num_samples, seed)
   colours = list(COLOURS)
 
   def labels(values, names):
