@@ -7,6 +7,9 @@ Writes photo-like JPEG shards (smooth colour fields plus grain, 512x384, quality
 about the size and decode cost of a CC3M/LAION image) to a temporary folder, then times
   decode       JPEG decode alone, full size and with the DCT-scaled fast path;
   sample       decode + random resized crop + normalise + tokenize, one core;
+  stages       where a sample's CPU time goes: decode, crop and resize, float conversion
+               and normalisation, tokenization (one caption, as the transform does), a
+               worker's hand-over (pickling the transformed sample), batching;
   loader       the whole grain loader (tar reading, shuffle, batching) with N workers.
 decode and sample are images per CPU-second (process time), i.e. per core whatever else
 runs; loader rates are wall-clock, so they depend on the cores actually free.
@@ -17,6 +20,7 @@ import argparse
 import io
 import json
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -56,6 +60,41 @@ def rate(fn, items) -> float:
   return len(items) / (time.process_time() - start)
 
 
+def per_sample_ms(fn, items) -> float:
+  start = time.process_time()
+  for item in items:
+    fn(item)
+  return (time.process_time() - start) / len(items) * 1e3
+
+
+def stages(jpegs, captions, tok, transform, size: int, batch_size: int) -> dict:
+  """CPU ms per sample of each step the transform and loader take, in order."""
+  rng = np.random.default_rng(0)
+  out = {'decode': per_sample_ms(
+      lambda d: sources.decode_image(d, draft_size=size, as_array=False), jpegs)}
+  images = [sources.decode_image(d, draft_size=size, as_array=False) for d in jpegs]
+  boxes = [transforms.random_resized_crop_box(im.height, im.width, rng, (0.9, 1.0),
+                                              transforms.DEFAULT_AUGMENT['ratio'])
+           for im in images]
+  out['crop + resize'] = per_sample_ms(
+      lambda ib: np.asarray(ib[0].resize((size, size), Image.BICUBIC, box=ib[1]), np.uint8),
+      list(zip(images, boxes)))
+  crops = [np.asarray(im.resize((size, size), Image.BICUBIC, box=b), np.uint8)
+           for im, b in zip(images, boxes)]
+
+  def normalise(crop):
+    pixels = np.multiply(crop, transform.scale, dtype=np.float32)
+    pixels += transform.offset
+  out['normalise'] = per_sample_ms(normalise, crops)
+  out['tokenize'] = per_sample_ms(lambda c: tok([c], transform.context_length), captions)
+  sample = transform({'image': images[0], 'caption': captions[0]}, rng)
+  out['hand-over'] = per_sample_ms(lambda _: pickle.loads(pickle.dumps(sample)), crops)
+  samples = [sample] * batch_size
+  out['batch'] = per_sample_ms(
+      lambda _: {k: np.stack([s[k] for s in samples]) for k in sample}, crops[:8]) / batch_size
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('--image-size', type=int, default=224)
@@ -81,6 +120,8 @@ def main(argv=None):
     pre = pipeline.Apply(transform, decoder=sources.RecordDecoder(draft_size=size))
     rng = np.random.default_rng(0)
     results['sample'] = rate(lambda r: pre(r, rng), raws)
+    breakdown = stages(jpegs, [r['txt'].decode() for r in raws], tok, transform, size,
+                       args.batch_size)
     source = pipeline.make_source({'format': 'wds', 'train': pattern}, image_size=size)
     steps = max(2, args.num_images // args.batch_size)
     for workers in args.workers:
@@ -104,6 +145,12 @@ def main(argv=None):
   for key, value in results.items():
     label = labels.get(key, key.replace('loader_workers', 'loader, workers='))
     print(f'{label:<22} {value:>10.0f}')
+  total = sum(breakdown.values())
+  print(f'\n{"stage (CPU per sample)":<24} {"ms":>7} {"share":>7}')
+  for stage, ms in breakdown.items():
+    print(f'{stage:<24} {ms:>7.3f} {ms / total:>7.0%}')
+  print(f'{"sum":<24} {total:>7.3f}   ({1e3 / total:.0f} samples/s per core)')
+  results['stages_ms'] = breakdown
   per_core = results['sample']
   if args.train_examples_per_sec:
     cores = args.train_examples_per_sec / per_core
