@@ -141,3 +141,14 @@ def test_drawn_digits_are_told_apart_by_nearest_template():
   assert (nearest == labels).mean() > 0.6, (nearest == labels).mean()  # measured 0.785
   for d in range(10):
     assert 0.03 < ink[d].mean() < 0.5 and ink[d].max() == 1.0
+
+
+def test_drawn_digits_are_the_pinned_glyphs():
+  """Digit ink as first published (sha256 of 40 glyphs, before the distances were
+  rewritten for speed): the quickstart's data and figures depend on these bits."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  from clipjax.data import glyphs  # pylint: disable=import-outside-toplevel
+  h = hashlib.sha256()
+  for i in range(40):
+    h.update(glyphs.draw_digit(i % 10, 32, np.random.default_rng(i)).tobytes())
+  assert h.hexdigest()[:16] == '321df75bd88771f9'
