@@ -282,3 +282,44 @@ def test_the_study_recovers_a_log_linear_trend(tmp_path):
   assert got['tail_top1'] < got['head_top1'] - 0.1
   assert rows[0]['agreement_with_truth']['matched']['spearman'] > 0.9
   assert (tmp_path / 'frequency_study.png').exists()
+
+
+def test_per_concept_recall_from_retrieval_ranks():
+  captions = ['a dog on grass', 'two dogs', 'a cat', 'a cat and a dog']
+  text_to_image, t2i_rank, i2t_rank = [0, 0, 1, 2], [0, 3, 0, 1], [0, 2, 5]
+  at1 = concepts.concept_recall(['dog', 'cat', 'bird'], captions, text_to_image, t2i_rank,
+                                i2t_rank, k=1)
+  assert at1['dog'] == dict(text_to_image=1 / 3, image_to_text=0.5, captions=3, images=2)
+  assert at1['cat'] == dict(text_to_image=0.5, image_to_text=0.0, captions=2, images=2)
+  assert np.isnan(at1['bird']['text_to_image']) and at1['bird']['images'] == 0
+  at3 = concepts.concept_recall(['cat'], captions, text_to_image, t2i_rank, i2t_rank, k=3)
+  assert at3['cat']['image_to_text'] == 0.5 and at3['cat']['text_to_image'] == 1.0
+
+
+def test_retrieval_evaluator_ranks_give_its_recalls():
+  from clipjax.evaluate import RetrievalEvaluator, metrics  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+
+  class Noisy:  # image and caption embeddings near their image's direction
+    image_size = 8
+    def __init__(self):
+      self.directions = rng.normal(size=(40, 16))
+    def encode_images(self, images):
+      return self.directions[images[:, 0, 0, 0]] + rng.normal(0, 0.8, (len(images), 16))
+    def encode_texts(self, texts):
+      return np.stack([self.directions[int(t.split()[-1])] for t in texts]) + rng.normal(
+          0, 0.8, (len(texts), 16))
+
+  images = np.zeros((40, 8, 8, 3), np.uint8)
+  images[:, 0, 0, 0] = np.arange(40)
+  captions = [f'caption of image {i // 2}' for i in range(80)]
+  evaluator = RetrievalEvaluator(images=images, captions=captions,
+                                 text_to_image=np.arange(80) // 2)
+  scalars, arrays = evaluator(Noisy())
+  assert scalars == metrics.recalls(arrays['text_to_image_rank'], arrays['image_to_text_rank'])
+  assert 0.1 < scalars['text_to_image_R@1'] < 0.95
+  per_concept = concepts.concept_recall(['caption'], arrays['captions'],
+                                        arrays['text_to_image'], arrays['text_to_image_rank'],
+                                        arrays['image_to_text_rank'])
+  assert per_concept['caption']['text_to_image'] == pytest.approx(scalars['text_to_image_R@1'])
+  assert per_concept['caption']['image_to_text'] == pytest.approx(scalars['image_to_text_R@1'])

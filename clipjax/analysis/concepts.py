@@ -24,6 +24,7 @@ import functools
 import re
 
 import lemminflect
+import numpy as np
 
 _WORD = re.compile(r'[a-z0-9]+')
 # Function words: never concept terms ("bird of prey" -> bird, prey). The official index
@@ -85,3 +86,26 @@ def caption_concepts(captions_per_item, min_items: int = 10) -> list:
     for term in held:
       items[term] = items.get(term, 0) + 1
   return sorted(t for t, n in items.items() if n >= min_items)
+
+
+def concept_recall(concept_list, captions, text_to_image, text_to_image_rank,
+                   image_to_text_rank, k: int = 1) -> dict:
+  """{concept: {'text_to_image', 'image_to_text': recall@k, 'captions', 'images'}} from a
+  retrieval evaluation's ranks (`clipjax.evaluate.metrics.retrieval_ranks`), as the
+  official src/retrieval_eval.py: each caption counts its hit for every concept it holds,
+  each image for every concept any of its captions holds. NaN where none does."""
+  text_to_image = np.asarray(text_to_image, np.int64)
+  t2i_hit = np.asarray(text_to_image_rank) < k
+  i2t_rank = np.asarray(image_to_text_rank)
+  held = [caption_terms(c) for c in captions]
+  out = {}
+  for concept in concept_list:
+    wanted = set(terms(concept))
+    rows = np.asarray([wanted <= h for h in held], bool)
+    images = np.unique(text_to_image[rows])
+    images = images[i2t_rank[images] >= 0]
+    out[concept] = dict(
+        text_to_image=float(t2i_hit[rows].mean()) if rows.any() else float('nan'),
+        image_to_text=float((i2t_rank[images] < k).mean()) if len(images) else float('nan'),
+        captions=int(rows.sum()), images=int(len(images)))
+  return out

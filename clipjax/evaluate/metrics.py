@@ -46,14 +46,11 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
   return scalars, per_class
 
 
-def retrieval_metrics(image_emb, text_emb, text_to_image, ks=RECALL_KS, chunk: int = 1024) -> dict:
-  """Recall@k both ways with several captions per image (cosine similarity).
-
-  `text_to_image[j]` is the index of caption j's image. text_to_image_R@k: share of
-  captions whose image ranks in the top k images. image_to_text_R@k: share of images
-  (those with at least one caption) with at least one of their captions in the top k
-  texts. Embeddings are L2-normalised here, so raw model outputs are fine.
-  """
+def retrieval_ranks(image_emb, text_emb, text_to_image, chunk: int = 1024) -> tuple:
+  """(text_to_image_rank [T], image_to_text_rank [N]): per caption, how many wrong images
+  score at least as high as its own; per image, how many wrong captions score at least
+  as high as its best own caption (-1 for an image without captions). Rank < k is a hit
+  at k. Embeddings are L2-normalised here, so raw model outputs are fine."""
   image_emb = _normalize(image_emb)
   text_emb = _normalize(text_emb)
   text_to_image = np.asarray(text_to_image, np.int64)
@@ -68,14 +65,32 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, ks=RECALL_KS, chunk: i
                       text_to_image[s:s + chunk, None] == np.arange(num_images)[None])
       for s in range(0, len(text_emb), chunk)])
   captioned = np.unique(text_to_image)
-  i2t_rank = np.concatenate([
+  i2t_rank = np.full(num_images, -1, np.int64)
+  i2t_rank[captioned] = np.concatenate([
       _wrong_at_least(image_emb[captioned[s:s + chunk]] @ text_emb.T,
                       captioned[s:s + chunk, None] == text_to_image[None])
       for s in range(0, len(captioned), chunk)])
+  return t2i_rank, i2t_rank
+
+
+def retrieval_metrics(image_emb, text_emb, text_to_image, ks=RECALL_KS, chunk: int = 1024) -> dict:
+  """Recall@k both ways with several captions per image (cosine similarity).
+
+  `text_to_image[j]` is the index of caption j's image. text_to_image_R@k: share of
+  captions whose image ranks in the top k images. image_to_text_R@k: share of images
+  (those with at least one caption) with at least one of their captions in the top k
+  texts (`retrieval_ranks`).
+  """
+  return recalls(*retrieval_ranks(image_emb, text_emb, text_to_image, chunk), ks)
+
+
+def recalls(t2i_rank, i2t_rank, ks=RECALL_KS) -> dict:
+  """{'image_to_text_R@k', 'text_to_image_R@k'} from `retrieval_ranks`' output."""
+  i2t_rank = np.asarray(i2t_rank)[np.asarray(i2t_rank) >= 0]
   out = {}
   for k in ks:
     out[f'image_to_text_R@{k}'] = float(np.mean(i2t_rank < k))
-    out[f'text_to_image_R@{k}'] = float(np.mean(t2i_rank < k))
+    out[f'text_to_image_R@{k}'] = float(np.mean(np.asarray(t2i_rank) < k))
   return out
 
 
