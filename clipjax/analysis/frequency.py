@@ -399,14 +399,14 @@ def _part_path(workdir: Path, n: int) -> Path:
   return Path(workdir) / PARTS_DIR / f'{n:06d}.npz'
 
 
-def _setup(config, source=None, image_size=None) -> tuple:
+def _setup(config, source=None) -> tuple:
   groups = load_concepts(config.concepts)
   job = describe_job(config, groups)
   if config.data.get('label_noise'):
     log.warning('data.label_noise=%s is ignored: counts are of the data as stored, not of '
                 'the captions a training run swaps', config.data.label_noise)
   if source is None:
-    source = pipeline.make_source(config.data, image_size=image_size)
+    source = pipeline.make_source(config.data)
   return job, source, plan_parts(source, job['part_size'], job['max_samples'])
 
 
@@ -418,7 +418,7 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
   decode) and resized and centre-cropped to it (RAM++ resizes without a crop)."""
   workdir = Path(workdir)
   (workdir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-  job, source_, plan = _setup(config, source)
+  job, reader, plan = _setup(config, source)
   _check_job(workdir, job, create=True)
   todo = [n for n in range(process_index, len(plan), process_count)
           if not _part_path(workdir, n).exists()][:max_parts]
@@ -428,7 +428,7 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
                     job['tagger'].get('templates'),
                     batch_size=int((config.get('tagger') or {}).get('batch_size', 256)))
     if source is None:  # decode no smaller than the tagger reads
-      source_ = pipeline.make_source(config.data, image_size=tagger.encoder.image_size)
+      reader = pipeline.make_source(config.data, image_size=tagger.encoder.image_size)
   vocabulary = {term: slot for slot, term in enumerate(job['vocabulary'])}
   sizes = [len(plan[n][1]) if isinstance(plan[n][1], range) else None for n in todo]
   t0 = time.perf_counter()
@@ -437,7 +437,7 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
     for n in todo:
       first_id, where = plan[n]
       write_part(_part_path(workdir, n),
-                 count_part(source_, where, first_id, vocabulary, tagger, progress=bar))
+                 count_part(reader, where, first_id, vocabulary, tagger, progress=bar))
   return time.perf_counter() - t0
 
 
