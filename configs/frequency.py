@@ -16,7 +16,7 @@ written on): tag a labelled sample first and pick the threshold from its precisi
 recall, as `clipjax.analysis.frequency_study` does on synthetic data. Without a tagger
 model only caption frequency is counted.
 """
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 
 def get_config() -> ConfigDict:
@@ -26,6 +26,6 @@ def get_config() -> ConfigDict:
                                caltech101='caltech101', eurosat='eurosat',
                                country211='country211'))
   c.part_size = 10_000  # random-access sources; tar shards are one part each
-  c.max_samples = None
+  c.max_samples = config_dict.placeholder(int)  # None: all; settable on the command line
   c.tagger = ConfigDict(dict(model='', threshold=0.3, templates='imagenet1k', batch_size=512))
   return c

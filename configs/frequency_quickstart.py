@@ -11,7 +11,7 @@ accuracy over all 84 pairs.
 """
 import os
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from clipjax import config_base as common
 
@@ -38,7 +38,7 @@ def count_config(data: ConfigDict) -> ConfigDict:
   c.data = data
   c.concepts = ConfigDict({t: dict(dataset=f'shapes_all_{t}', num_samples=1) for t in TASKS})
   c.part_size = 10_000
-  c.max_samples = None
+  c.max_samples = config_dict.placeholder(int)  # None: all; settable on the command line
   c.tagger = ConfigDict(dict(model='', threshold=0.5, templates=['a {}', 'there is a {}'],
                              batch_size=256))
   return c

@@ -34,12 +34,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
 
+from clipjax import analysis
 from clipjax.analysis import concepts as concepts_lib
 from clipjax.data import pipeline, sources
 from clipjax.data.transforms import resize_center_crop
@@ -488,25 +486,22 @@ def read_counts(workdir) -> dict:
     return json.load(f)
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('clipjax').setLevel(logging.INFO)
+def run_job(config, workdir) -> dict:
+  """`run` after joining the other processes of a multi-process launch (launch/)."""
   from clipjax.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
+  return run(config, workdir)
+
+
+def show(counts: dict, workdir: Path) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  counts = run(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     top = sorted(counts['concepts'].items(), key=lambda kv: -kv[1]['text'])
     print(f'{counts["num_samples"]} samples ({sum(counts["skipped"].values())} skipped), '
           f'{len(top)} concepts; most frequent in captions: ' +
           ', '.join(f'{c} {r["text"]}' for c, r in top[:5]))
-    print(f'counts: {Path(_WORKDIR.value) / COUNTS_FILE}')
+    print(f'counts: {workdir / COUNTS_FILE}')
 
 
 if __name__ == '__main__':
-  # Flags only when run: the study imports this module and defines its own.
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Counting config (ml_collections).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the parts and counts.json.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  analysis.run_cli(run_job, show, 'Counting')

@@ -14,21 +14,19 @@ object, the counts are also checked against the true number of samples showing e
 concept. Finished runs and counts are read back, not repeated (a changed config needs
 another workdir). Writes results.json, results.md and frequency_study.png.
 """
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import ConfigDict, config_flags
+from ml_collections import ConfigDict
 from scipy import stats
 
+from clipjax import analysis
 from clipjax.analysis import concepts as concepts_lib
 from clipjax.analysis import frequency, long_tail, loglinear
 from clipjax.data import pipeline, shapes
-from clipjax.evaluate import ZeroShotEvaluator, datasets, report, zeroshot_classifier
+from clipjax.evaluate import ZeroShotEvaluator, datasets, zeroshot_classifier
 from clipjax.evaluate import zeroshot_metrics
 from clipjax.train import loop
 
@@ -177,26 +175,14 @@ def plot(rows: list, path: Path) -> None:
 
 
 def write_results(rows: list, workdir) -> None:
-  workdir = Path(workdir)
-  report.atomic_write(workdir / 'results.json', json.dumps(rows, indent=1))
-  report.atomic_write(workdir / 'results.md', markdown(rows))
-  plot(rows, workdir / 'frequency_study.png')
+  analysis.write_results(rows, workdir, markdown, plot, 'frequency_study.png')
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('clipjax').setLevel(logging.INFO)
-  rows = run_study(_CONFIG.value, _WORKDIR.value)
-  write_results(rows, _WORKDIR.value)
+def show(rows: list, workdir: Path) -> None:
+  write_results(rows, workdir)
   print(markdown(rows))
-  print(f'results: {Path(_WORKDIR.value) / "results.md"}, '
-        f'{Path(_WORKDIR.value) / "frequency_study.png"}')
+  print(f'results: {workdir / "results.md"}, {workdir / "frequency_study.png"}')
 
 
 if __name__ == '__main__':
-  # Flags only when run: tests import several studies into one process.
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config (ml_collections).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the results.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  analysis.run_cli(run_study, show, 'Study')

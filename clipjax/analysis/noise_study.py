@@ -14,19 +14,16 @@ changed config needs another workdir). Writes
 results.json (one row per run), results.md (mean +- std over seeds, ratios side by side)
 and noise_study.png (accuracy against noise per variant and domain; spectra).
 """
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import ConfigDict, config_flags
+from ml_collections import ConfigDict
 
-from clipjax import spectra
+from clipjax import analysis, spectra
 from clipjax.convert import native
-from clipjax.evaluate import Encoder, EvalView, datasets, report
+from clipjax.evaluate import Encoder, EvalView, datasets
 from clipjax.train import loop
 
 
@@ -152,26 +149,14 @@ def plot(rows: list, path: Path) -> None:
 
 
 def write_results(rows: list, workdir) -> None:
-  workdir = Path(workdir)
-  report.atomic_write(workdir / 'results.json', json.dumps(rows, indent=1))
-  report.atomic_write(workdir / 'results.md', markdown(rows))
-  plot(rows, workdir / 'noise_study.png')
+  analysis.write_results(rows, workdir, markdown, plot, 'noise_study.png')
 
 
-def main(argv):
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
-  logging.getLogger('clipjax').setLevel(logging.INFO)
-  rows = run_study(_CONFIG.value, _WORKDIR.value)
-  write_results(rows, _WORKDIR.value)
+def show(rows: list, workdir: Path) -> None:
+  write_results(rows, workdir)
   print(markdown(rows))
-  workdir = Path(_WORKDIR.value)
   print(f'results: {workdir / "results.md"}, {workdir / "noise_study.png"}')
 
 
 if __name__ == '__main__':
-  # Flags only when run: tests import several studies into one process.
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config (ml_collections).')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs and the results.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  analysis.run_cli(run_study, show, 'Study')
