@@ -318,8 +318,9 @@ def test_retrieval_evaluator_ranks_give_its_recalls():
   scalars, arrays = evaluator(Noisy())
   assert scalars == metrics.recalls(arrays['text_to_image_rank'], arrays['image_to_text_rank'])
   assert 0.1 < scalars['text_to_image_R@1'] < 0.95
-  per_concept = concepts.concept_recall(['caption'], arrays['captions'],
-                                        arrays['text_to_image'], arrays['text_to_image_rank'],
+  data = evaluator.captioned_set(8)
+  per_concept = concepts.concept_recall(['caption'], data.captions, data.text_to_image,
+                                        arrays['text_to_image_rank'],
                                         arrays['image_to_text_rank'])
   assert per_concept['caption']['text_to_image'] == pytest.approx(scalars['text_to_image_R@1'])
   assert per_concept['caption']['image_to_text'] == pytest.approx(scalars['image_to_text_R@1'])

@@ -34,13 +34,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from clipjax import analysis
 from clipjax.analysis import concepts as concepts_lib
 from clipjax.data import pipeline, sources
-from clipjax.data.transforms import resize_center_crop
+from clipjax.data.transforms import to_size
 from clipjax.evaluate import datasets, report
 
 log = logging.getLogger(__name__)
@@ -116,19 +115,11 @@ class Tagger:
   def scores(self, images: list) -> np.ndarray:
     """float32 [N, C] cosines of the images (uint8 arrays or PIL, any size)."""
     size = self.encoder.image_size
-    batch = np.stack([_at_size(image, size) for image in images])
+    batch = np.stack([to_size(image, size) for image in images])
     return self.encoder.encode_images(batch) @ self.classifier.T
 
   def __call__(self, images: list) -> np.ndarray:
     return self.scores(images) > self.threshold
-
-
-def _at_size(image, size: int) -> np.ndarray:
-  if isinstance(image, np.ndarray) and image.shape == (size, size, 3):
-    return image
-  if isinstance(image, np.ndarray):
-    image = Image.fromarray(image)
-  return resize_center_crop(image, size)
 
 
 # ---------------------------------------------------------------------------- parts
@@ -156,12 +147,8 @@ def _decode(raw: dict, decoder, with_image: bool) -> tuple:
   except sources.BadSample as e:
     caption_skip = e.reason
   if with_image:
-    data = next((raw[e] for e in decoder.image_exts if raw.get(e) is not None), None)
     try:
-      if data is None:
-        raise sources.BadSample('missing_image')
-      image = sources.decode_image(data, draft_size=decoder.draft_size,
-                                   as_array=decoder.as_array)
+      image = decoder.image(raw)
     except sources.BadSample as e:
       image_skip = e.reason
   return caption, image, caption_skip, image_skip
@@ -383,9 +370,7 @@ def _check_job(workdir: Path, job: dict, create: bool) -> None:
   if not path.exists():
     if not create:
       raise FileNotFoundError(f'{path}: no counting job in {workdir}')
-    tmp = path.with_name(f'{JOB_FILE}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps(job, indent=1))
-    os.replace(tmp, path)
+    report.atomic_write(path, json.dumps(job, indent=1))
   saved = json.loads(path.read_text())
   if saved != job:
     changed = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))

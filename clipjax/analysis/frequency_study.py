@@ -44,8 +44,6 @@ def true_hits(source, concept_names) -> dict:
   wanted = {c: set(concepts_lib.terms(c)) for c in concept_names}
   found = {c: [] for c in concept_names}
   for index in range(len(source)):
-    if source._digit_rng(index) is not None:  # pylint: disable=protected-access
-      continue
     attributes = [{o.shape, o.colour} for o in source.scene(index)]
     for concept, terms in wanted.items():
       if any(terms <= a for a in attributes):

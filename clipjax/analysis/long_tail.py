@@ -24,9 +24,7 @@ def balanced_subset(image_set: datasets.ImageSet, classes, per_class: int,
                     seed: int = 0) -> datasets.ImageSet:
   """`per_class` random images of each of `classes` (in that order, relabelled 0..k-1);
   a class with fewer images is an error, as Let It Wag! keeps only full classes."""
-  labels = image_set.labels
-  if labels is None:
-    labels = np.concatenate([y for _, y in datasets.iterate(image_set)])
+  labels = datasets.all_labels(image_set)
   rng = np.random.default_rng(seed)
   rows, new_labels = [], []
   for new, old in enumerate(classes):

@@ -252,8 +252,11 @@ class ShapesSource:
     return index
 
   def scene(self, index: int) -> list:
-    return sample_scene(_rng(self.seed, self.split, self._check(index)), self.combos,
-                        weights=self.weights)
+    """The objects sample `index` shows ([] for a drawn digit)."""
+    index = self._check(index)
+    if self._digit_rng(index) is not None:
+      return []
+    return sample_scene(_rng(self.seed, self.split, index), self.combos, weights=self.weights)
 
   def _digit_rng(self, index: int):
     """The random stream of a digit sample, or None where `index` holds a scene."""

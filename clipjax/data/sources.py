@@ -181,16 +181,18 @@ class RecordDecoder:
     self.extra_columns = dict(extra_columns or {})
     self.draft_size, self.as_array = draft_size, as_array
 
+  def image(self, raw: dict):
+    """The record's image (its first present extension), decoded; raises BadSample."""
+    data = next((raw[e] for e in self.image_exts if raw.get(e) is not None), None)
+    if data is None:
+      raise BadSample('missing_image')
+    return decode_image(data, draft_size=self.draft_size, as_array=self.as_array)
+
   def __call__(self, raw: dict) -> dict:
     if SKIP_KEY in raw:
       return {SKIP_KEY: raw[SKIP_KEY]}
     try:
-      data = next((raw[e] for e in self.image_exts if raw.get(e) is not None), None)
-      if data is None:
-        raise BadSample('missing_image')
-      record = {'image': decode_image(data, draft_size=self.draft_size,
-                                      as_array=self.as_array),
-                'caption': decode_text(raw.get(self.caption_key))}
+      record = {'image': self.image(raw), 'caption': decode_text(raw.get(self.caption_key))}
       if '__key__' in raw:  # what precomputed features are joined by
         record['key'] = raw['__key__']
       for key, spec in self.extra_columns.items():

@@ -271,6 +271,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple:
   return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def all_labels(image_set: ImageSet) -> np.ndarray:
+  """Every label of a set: known without decoding, else read chunk by chunk."""
+  if image_set.labels is not None:
+    return image_set.labels
+  return np.concatenate([labels for _, labels in iterate(image_set)])
+
+
 def subset(image_set: ImageSet, indices) -> ImageSet:
   """The rows `indices` of a set, renumbered from 0."""
   indices = np.asarray(indices, np.int64)
@@ -310,10 +317,7 @@ def load_part(image_size: int, *, part: str = 'train', test_fraction: float = 0.
                              seed=seed, **kwargs)
   if part == 'all':
     return image_set
-  labels = image_set.labels
-  if labels is None:
-    labels = np.concatenate([labels for _, labels in iterate(image_set)])
-  keep, held = stratified_split(labels, test_fraction, seed + 1)
+  keep, held = stratified_split(all_labels(image_set), test_fraction, seed + 1)
   return subset(image_set, keep if part == 'train' else held)
 
 

@@ -34,8 +34,9 @@ MARKERS = ('o', 's', '^', 'D', 'v', 'P')
 
 
 def atomic_write(path, text: str) -> None:
-  """Write-then-rename: a reader never sees half a file, a crash never leaves one."""
-  tmp = f'{path}.tmp'
+  """Write-then-rename: a reader never sees half a file, a crash never leaves one, and
+  processes writing the same file at once never share a temporary."""
+  tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, path)

@@ -125,14 +125,14 @@ class RetrievalEvaluator:
   def __call__(self, encoder) -> tuple:
     """(recalls, arrays): captions_per_image [images], which sets the recalls' chance;
     text_to_image_rank [captions] and image_to_text_rank [images] (`retrieval_ranks`),
-    what per-concept recall is computed from (`clipjax.analysis.concepts.concept_recall`)."""
+    which with `captioned_set(size)`'s captions give per-concept recall
+    (`clipjax.analysis.concepts.concept_recall`)."""
     data = self.captioned_set(encoder.image_size)
     image_emb = np.concatenate([
         encoder.encode_images(data.get(np.arange(s, min(s + self.chunk, len(data)))))
         for s in range(0, len(data), self.chunk)])
     text_emb = encoder.encode_texts(data.captions)
     t2i_rank, i2t_rank = retrieval_ranks(image_emb, text_emb, data.text_to_image, self.chunk)
-    return recalls(t2i_rank, i2t_rank), dict(captions_per_image=np.bincount(data.text_to_image, minlength=len(data)),
-                         text_to_image_rank=t2i_rank, image_to_text_rank=i2t_rank,
-                         captions=np.asarray(data.captions),
-                         text_to_image=np.asarray(data.text_to_image))
+    return recalls(t2i_rank, i2t_rank), dict(
+        captions_per_image=np.bincount(data.text_to_image, minlength=len(data)),
+        text_to_image_rank=t2i_rank, image_to_text_rank=i2t_rank)
