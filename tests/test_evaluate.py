@@ -161,7 +161,7 @@ class AngleEncoder:
     theta = np.deg2rad(images[:, 0, 0, 0].astype(np.float64) - 100)
     return np.stack([np.cos(theta), np.sin(theta)], 1).astype(np.float32)
 
-  def encode_texts(self, texts):
+  def encode_texts(self, texts, purpose='captions'):
     self.seen_texts += list(texts)
     return np.asarray([self.text_vectors[t] for t in texts], np.float32)
 

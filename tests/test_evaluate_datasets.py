@@ -22,7 +22,7 @@ class ColourEncoder:
     assert images.dtype == np.uint8 and images.shape[1:] == (self.image_size,) * 2 + (3,)
     return images.reshape(len(images), -1, 3).mean(1).astype(np.float32)
 
-  def encode_texts(self, texts):
+  def encode_texts(self, texts, purpose='captions'):
     return np.asarray([next(np.asarray(c, np.float32) for name, c in COLOURS.items()
                             if name in t) for t in texts])
 

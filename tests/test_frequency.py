@@ -306,7 +306,7 @@ def test_retrieval_evaluator_ranks_give_its_recalls():
       self.directions = rng.normal(size=(40, 16))
     def encode_images(self, images):
       return self.directions[images[:, 0, 0, 0]] + rng.normal(0, 0.8, (len(images), 16))
-    def encode_texts(self, texts):
+    def encode_texts(self, texts, purpose='captions'):
       return np.stack([self.directions[int(t.split()[-1])] for t in texts]) + rng.normal(
           0, 0.8, (len(texts), 16))
 

@@ -38,13 +38,12 @@ from tqdm import tqdm
 
 from clipjax import analysis
 from clipjax.analysis import concepts as concepts_lib
-from clipjax.data import pipeline, sources
+from clipjax.data import parts, pipeline, sources
 from clipjax.data.transforms import to_size
 from clipjax.evaluate import datasets, report
 
 log = logging.getLogger(__name__)
-JOB_FILE, COUNTS_FILE, PARTS_DIR = 'job.json', 'counts.json', 'parts'
-SHARD_ID_STRIDE = 2 ** 32
+COUNTS_FILE, PARTS_DIR = 'counts.json', 'parts'
 
 
 # ------------------------------------------------------------------------- concepts
@@ -123,17 +122,6 @@ class Tagger:
 
 
 # ---------------------------------------------------------------------------- parts
-
-def plan_parts(source, part_size: int, max_samples=None) -> list:
-  """[(first id, index range or shard url)] covering the source in id order."""
-  if hasattr(source, 'shards'):
-    if max_samples is not None:
-      raise ValueError('max_samples needs a random-access source; tar shards are counted whole')
-    return [(n * SHARD_ID_STRIDE, url) for n, url in enumerate(source.shards)]
-  total = len(source) if max_samples is None else min(int(max_samples), len(source))
-  return [(start, range(start, min(start + part_size, total)))
-          for start in range(0, total, part_size)]
-
 
 def _decode(raw: dict, decoder, with_image: bool) -> tuple:
   """(caption, image, caption skip reason, image skip reason) of a stored record: the
@@ -362,22 +350,6 @@ def describe_job(config, groups: dict) -> dict:
               tagger={k: v for k, v in tagger.items() if k != 'batch_size'})
 
 
-def _check_job(workdir: Path, job: dict, create: bool) -> None:
-  """Every process checks the workdir's job (and writes it when absent: the same text
-  from each); a job with other data, concepts or tagger is refused."""
-  path = workdir / JOB_FILE
-  job = json.loads(json.dumps(job))
-  if not path.exists():
-    if not create:
-      raise FileNotFoundError(f'{path}: no counting job in {workdir}')
-    report.atomic_write(path, json.dumps(job, indent=1))
-  saved = json.loads(path.read_text())
-  if saved != job:
-    changed = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
-    raise ValueError(f'{path}: {workdir} holds the parts of another counting job (they '
-                     f'differ in {changed}); give a new --workdir')
-
-
 def _part_path(workdir: Path, n: int) -> Path:
   return Path(workdir) / PARTS_DIR / f'{n:06d}.npz'
 
@@ -390,7 +362,7 @@ def _setup(config, source=None) -> tuple:
                 'the captions a training run swaps', config.data.label_noise)
   if source is None:
     source = pipeline.make_source(config.data)
-  return job, source, plan_parts(source, job['part_size'], job['max_samples'])
+  return job, source, parts.plan_parts(source, job['part_size'], job['max_samples'])
 
 
 def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
@@ -402,7 +374,7 @@ def count_parts(config, workdir, process_index: int = 0, process_count: int = 1,
   workdir = Path(workdir)
   (workdir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
   job, reader, plan = _setup(config, source)
-  _check_job(workdir, job, create=True)
+  parts.check_job(workdir, job, create=True, what='counting job')
   todo = [n for n in range(process_index, len(plan), process_count)
           if not _part_path(workdir, n).exists()][:max_parts]
   tagger = None
@@ -429,7 +401,7 @@ def _part_paths(config, workdir, source=None) -> tuple:
   not yet written is an error."""
   workdir = Path(workdir)
   job, _, plan = _setup(config, source)
-  _check_job(workdir, job, create=False)
+  parts.check_job(workdir, job, create=False, what='counting job')
   missing = [n for n in range(len(plan)) if not _part_path(workdir, n).exists()]
   if missing:
     raise FileNotFoundError(f'{workdir / PARTS_DIR}: parts {missing[:5]} ({len(missing)} '

@@ -396,7 +396,7 @@ def _plain(value):
 def make_source(data_config, *, image_size: int | None = None, seed: int | None = None):
   """The training source a data config names. Keys: format (synthetic | wds |
   array_record | csv | image_set | features), train (pattern or path),
-  train_num_samples, image_size, seed, caption_key, csv_img_key, csv_caption_key,
+  train_num_samples, image_size, seed, caption_key, caption_style (synthetic), csv_img_key, csv_caption_key,
   csv_separator, extra_columns, image_set (`clipjax.evaluate.datasets.load_part`
   arguments: a labelled set's part).
   Keyword arguments override the config's image_size and seed."""
@@ -421,7 +421,8 @@ def make_source(data_config, *, image_size: int | None = None, seed: int | None 
                                int(get('train_num_samples') or 10_000),
                                int(image_size), int(seed if seed is not None else get('seed', 0)),
                                digit_fraction=float(get('digit_fraction', 0.0)),
-                               zipf=float(get('zipf', 0.0)))
+                               zipf=float(get('zipf', 0.0)),
+                               caption_style=get('caption_style', 'short'))
   path = get('train')
   if not path:
     raise ValueError(f"data.train is empty: data.format={fmt!r} needs a path or pattern")

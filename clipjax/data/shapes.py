@@ -14,6 +14,10 @@ With `digit_fraction` > 0 that share of the training samples is instead one draw
 strokes (real handwritten digits: sklearn's, MNIST). Which indices are digits comes
 from its own random stream: the shape samples stay the same whatever the fraction.
 
+With `caption_style='long'` scenes hold two to four objects and each caption names every
+object's colour, shape and position after a generic opening sentence: more than a 32-token
+text tower reads (FLAME's long-caption retrieval).
+
 With `zipf` > 0 the attributes are long-tailed, as concepts in web data are: the shape and
 the colour of rank r (in `SHAPES` and `COLOURS` order) are drawn in proportion to
 r ** -zipf, independently, so a (shape, colour) pair's share is the product and spans
@@ -69,7 +73,9 @@ SPLITS = {'train': TRAIN_COMBOS, 'heldout': HELDOUT_COMBOS,
           'all': TRAIN_COMBOS | HELDOUT_COMBOS}
 _SPLIT_IDS = {'train': 0, 'heldout': 1, 'zeroshot': 2, 'digit': 3, 'digit_task': 4,
               'concepts': 5, 'all': 6}
-_NUMBER_WORDS = {2: 'two', 3: 'three'}
+# 'short': 1-3 objects, varied short captions; 'long': 2-4 objects, every attribute named.
+CAPTION_STYLES = ('short', 'long')
+NUMBER_WORDS = {1: 'one', 2: 'two', 3: 'three', 4: 'four'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +195,32 @@ def caption_scene(objects, rng: np.random.Generator) -> str:
   listed = ', '.join(phrases[:-1]) + ' and ' + phrases[-1]
   style = rng.integers(3)
   if style == 0:
-    return f'{_NUMBER_WORDS[len(objects)]} objects: {listed}'
+    return f'{NUMBER_WORDS[len(objects)]} objects: {listed}'
   if style == 1:
     return f'an image showing {listed}'
   return listed
+
+
+_LONG_OPENINGS = (
+    'A detailed picture of {n} objects drawn on a dark, slightly noisy background.',
+    'This synthetic image shows {n} objects on a dark and grainy background.',
+    'The picture has a dark, noisy background with {n} flat coloured objects on it.',
+)
+
+
+def caption_scene_long(objects, rng: np.random.Generator) -> str:
+  """A long caption naming every object's colour, shape and position, in scene order,
+  after a generic opening sentence (long-caption retrieval: with four objects it runs
+  past a 32-token text tower)."""
+  sentences = [_LONG_OPENINGS[rng.integers(len(_LONG_OPENINGS))].format(
+      n=NUMBER_WORDS[len(objects)])]
+  for obj in objects:
+    where = _POSITION_PHRASES[obj.position][rng.integers(3)]
+    if rng.random() < 0.5:
+      sentences.append(f'{where[0].upper()}{where[1:]} there is a {obj.colour} {obj.shape}.')
+    else:
+      sentences.append(f'A {obj.colour} {obj.shape} is {where}.')
+  return ' '.join(sentences)
 
 
 def draw_digit(digit: int, colour: str, image_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -225,7 +253,10 @@ class ShapesSource:
 
   def __init__(self, split: str = 'train', num_samples: int = 10_000,
                image_size: int = 32, seed: int = 0, digit_fraction: float = 0.0,
-               zipf: float = 0.0):
+               zipf: float = 0.0, caption_style: str = 'short'):
+    if caption_style not in CAPTION_STYLES:
+      raise ValueError(f'ShapesSource caption_style must be one of {CAPTION_STYLES}, '
+                       f'got {caption_style!r}')
     if split not in SPLITS:
       raise ValueError(f'ShapesSource split must be one of {sorted(SPLITS)}, got {split!r}')
     if num_samples <= 0 or image_size < 8:
@@ -241,6 +272,7 @@ class ShapesSource:
     self.combos = SPLITS[split]
     self.zipf = float(zipf)
     self.weights = zipf_weights(self.combos, zipf) if zipf else None
+    self.caption_style = caption_style
 
   def __len__(self) -> int:
     return self.num_samples
@@ -256,7 +288,12 @@ class ShapesSource:
     index = self._check(index)
     if self._digit_rng(index) is not None:
       return []
-    return sample_scene(_rng(self.seed, self.split, index), self.combos, weights=self.weights)
+    return self._scene(_rng(self.seed, self.split, index))
+
+  def _scene(self, rng) -> list:
+    long = self.caption_style == 'long'
+    return sample_scene(rng, self.combos, int(rng.integers(2, 5)) if long else None,
+                        weights=self.weights)
 
   def _digit_rng(self, index: int):
     """The random stream of a digit sample, or None where `index` holds a scene."""
@@ -274,8 +311,9 @@ class ShapesSource:
       return (caption_digit(digit, colour, rng),
               lambda: draw_digit(digit, colour, self.image_size, rng))
     rng = _rng(self.seed, self.split, index)
-    objects = sample_scene(rng, self.combos, weights=self.weights)
-    return caption_scene(objects, rng), lambda: draw_scene(objects, self.image_size, rng)
+    objects = self._scene(rng)
+    caption = (caption_scene_long if self.caption_style == 'long' else caption_scene)(objects, rng)
+    return caption, lambda: draw_scene(objects, self.image_size, rng)
 
   def __getitem__(self, index: int) -> dict:
     index = self._check(index)
@@ -294,7 +332,8 @@ class ShapesSource:
   def __repr__(self) -> str:
     return (f'ShapesSource(split={self.split!r}, num_samples={self.num_samples}, '
             f'image_size={self.image_size}, seed={self.seed}, '
-            f'digit_fraction={self.digit_fraction}, zipf={self.zipf})')
+            f'digit_fraction={self.digit_fraction}, zipf={self.zipf}, '
+            f'caption_style={self.caption_style!r})')
 
 
 SHAPE_TEMPLATES = ['a {}', 'an image showing a {}', 'a picture of a {}', 'there is a {}']

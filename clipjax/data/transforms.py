@@ -136,7 +136,8 @@ class ImageText:
     return cls(tokenizer, context_length, image_size,
                extra_keys=tuple(plain(get('extra_columns') or {})), **kwargs)
 
-  def __call__(self, record, rng) -> dict:
+  def image(self, record, rng) -> np.ndarray:
+    """The record's image cropped (or resized) and normalised: f32 [S, S, 3]."""
     image = record['image']
     if self.augment is None:
       image = to_size(image, self.image_size)
@@ -145,7 +146,10 @@ class ImageText:
                                   self.augment['ratio'])
     pixels = np.multiply(image, self.scale, dtype=np.float32)
     pixels += self.offset
-    out = {'image': pixels, 'text': self._tokens(record['caption'])}
+    return pixels
+
+  def __call__(self, record, rng) -> dict:
+    out = {'image': self.image(record, rng), 'text': self._tokens(record['caption'])}
     for key in self.extra_keys:
       value = record[key]
       out[key] = self._tokens(value) if isinstance(value, str) else np.asarray(value)

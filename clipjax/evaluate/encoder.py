@@ -37,6 +37,10 @@ class EvalView:
   encode_image: Callable  # (variables, float32 normalised images [B, S, S, 3]) -> [B, D]
   encode_text: Callable   # (variables, int32 ids [B, L]) -> [B, D]
   variables: Any
+  # A text side the view runs itself, host side: (strings, purpose) -> float32 [N, D],
+  # purpose 'captions' (retrieval) or 'classes' (zero-shot prompts). A frozen-LLM text
+  # path (FLAME) prompts each purpose its own way and needs no tokenizer of the run.
+  embed_texts: Optional[Callable] = None
 
   @classmethod
   def of(cls, model, params, **collections):
@@ -65,6 +69,7 @@ class Encoder:
     if batch_size <= 0:
       raise ValueError(f'Encoder batch_size must be positive, got {batch_size}')
     self.variables = view.variables
+    self.embed_texts = view.embed_texts
     self.tokenizer = tokenizer
     self.context_length = int(context_length)
     self.image_size = int(image_size)
@@ -121,11 +126,14 @@ class Encoder:
       raise ValueError(f'encode_features wants float32 [N, F] with N > 0, got {features.shape}')
     return self._run(self._encode_features, features)
 
-  def encode_texts(self, texts) -> np.ndarray:
-    """list of N strings -> float32 [N, D], unit rows."""
+  def encode_texts(self, texts, purpose: str = 'captions') -> np.ndarray:
+    """list of N strings -> float32 [N, D], unit rows. `purpose` ('captions' or
+    'classes') matters only to views with their own text side (`EvalView.embed_texts`)."""
     texts = list(texts)
     if not texts:
       raise ValueError('encode_texts got no texts')
+    if self.embed_texts is not None:
+      return l2_normalize(self.embed_texts(texts, purpose))
     ids = np.asarray(self.tokenizer(texts, self.context_length), np.int32)
     if ids.shape != (len(texts), self.context_length):
       raise ValueError(f'tokenizer returned shape {ids.shape}, expected '

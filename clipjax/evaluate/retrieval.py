@@ -78,6 +78,18 @@ def shapes(image_size: int, num_samples: int = 256, captions_per_image: int = 3,
   return CaptionedSet(len(images), lambda idx: images[np.asarray(idx)], captions, text_to_image)
 
 
+def shapes_long(image_size: int, num_samples: int = 256, seed: int = 0) -> CaptionedSet:
+  """Scenes of two to four objects, each with one long caption that names them all (every
+  pair of shape and colour: `ShapesSource('all', caption_style='long')`)."""
+  from clipjax.data import shapes as shapes_lib  # pylint: disable=g-import-not-at-top
+  source = shapes_lib.ShapesSource('all', num_samples=num_samples, image_size=image_size,
+                                   seed=seed, caption_style='long')
+  records = [source[index] for index in range(num_samples)]
+  images = np.stack([r['image'] for r in records])
+  return CaptionedSet(len(images), lambda idx: images[np.asarray(idx)],
+                      [r['caption'] for r in records], np.arange(num_samples))
+
+
 def arrays(images, captions, text_to_image, image_size: int) -> CaptionedSet:
   """In-memory uint8 images (resized if needed) with their captions."""
   images = np.asarray(images)
@@ -89,7 +101,7 @@ def arrays(images, captions, text_to_image, image_size: int) -> CaptionedSet:
 
 class RetrievalEvaluator:
   """Config: karpathy_json= + images_dir= [split, max_captions]; or dataset='shapes'
-  [num_samples, captions_per_image, seed]; or images=, captions=, text_to_image= arrays."""
+  [num_samples, captions_per_image, seed] or 'shapes_long' [num_samples, seed]; or images=, captions=, text_to_image= arrays."""
 
   def __init__(self, karpathy_json: Optional[str] = None, images_dir: Optional[str] = None,
                split: str = 'test', max_captions: Optional[int] = 5,
@@ -103,14 +115,17 @@ class RetrievalEvaluator:
                        f'images given: {images is not None}')
     if karpathy_json is not None and images_dir is None:
       raise ValueError(f'retrieval evaluator with karpathy_json={karpathy_json!r} needs images_dir')
-    if dataset is not None and dataset != 'shapes':
-      raise ValueError(f"retrieval dataset must be 'shapes' (or use karpathy_json=), got {dataset!r}")
+    if dataset is not None and dataset not in ('shapes', 'shapes_long'):
+      raise ValueError("retrieval dataset must be 'shapes' or 'shapes_long' (or use "
+                       f"karpathy_json=), got {dataset!r}")
     if images is not None and (captions is None or text_to_image is None):
       raise ValueError('retrieval evaluator with images= also needs captions= and text_to_image=')
 
     def build(image_size):
       if karpathy_json is not None:
         return karpathy(karpathy_json, images_dir, image_size, split, max_captions)
+      if dataset == 'shapes_long':
+        return shapes_long(image_size, num_samples, seed)
       if dataset is not None:
         return shapes(image_size, num_samples, captions_per_image, seed)
       return arrays(images, captions, text_to_image, image_size)

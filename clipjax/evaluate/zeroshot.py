@@ -25,7 +25,7 @@ def zeroshot_classifier(encoder, classnames, templates) -> np.ndarray:
     raise ValueError(f'need class names and templates, got {len(classnames)} and '
                      f'{len(templates)}')
   texts = [fill_template(t, c) for c in classnames for t in templates]
-  emb = l2_normalize(encoder.encode_texts(texts))
+  emb = l2_normalize(encoder.encode_texts(texts, purpose='classes'))
   emb = emb.reshape(len(classnames), len(templates), -1)
   return l2_normalize(emb.mean(axis=1))
 

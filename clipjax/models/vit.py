@@ -52,6 +52,7 @@ class VisionTransformer(nn.Module):
   head_dim: Optional[int] = None  # per-layer sizes: see clipjax.models.layers
   layer_heads: Optional[tuple] = None
   layer_mlp: Optional[tuple] = None
+  head: bool = True  # False: no ln_post, pooling or projection (heads of a method's own)
 
   @nn.compact
   def __call__(self, images, keep_indices: Optional[jnp.ndarray] = None, masks=None,
@@ -63,7 +64,7 @@ class VisionTransformer(nn.Module):
     attention's keys (and of 'gap' pooling): fixed shapes, the same outputs, full cost.
 
     Returns (projected embedding [B, output_dim], pooled [B, width] before the projection,
-    tokens [B, T, width] before ln_post).
+    tokens [B, T, width] before ln_post); without `head`, (None, None, tokens).
     """
     if keep_indices is not None and token_keep is not None:
       raise ValueError('VisionTransformer: give keep_indices or token_keep, not both')
@@ -98,6 +99,8 @@ class VisionTransformer(nn.Module):
                     attention_impl=self.attention_impl, head_dim=self.head_dim,
                     layer_heads=self.layer_heads, layer_mlp=self.layer_mlp, name='transformer')(
                         x, keep, masks=masks)
+    if not self.head:
+      return None, None, x
     if self.pool == 'cls':
       pooled = layer_norm('ln_post', dtype=self.dtype)(x[:, 0], hidden)
     elif self.pool == 'gap':

@@ -6,6 +6,7 @@ once, and again at a stage boundary or when a method's hook restructures its mod
 Every checkpoint carries the run's restructures (`records`), so a resume rebuilds the
 model the restored state holds before reading it.
 """
+import dataclasses
 import json
 import logging
 import math
@@ -342,12 +343,13 @@ class Trainer:
       sharded = batch_size % self.mesh.size == 0
       if sharded:  # the towers' activation constraints apply to whole batches only
         wrap = lambda fn: sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
-        view = evaluate.EvalView(wrap(view.encode_image), wrap(view.encode_text), view.variables)
+        view = dataclasses.replace(view, encode_image=wrap(view.encode_image),
+                                   encode_text=wrap(view.encode_text))
       # Evaluation normalises images as training does (data.mean / data.std, e.g. ImageNet's).
       norm = {k: tuple(self.config.data[k]) for k in ('mean', 'std')
               if self.config.data.get(k) is not None}
       self._encoder = evaluate.Encoder(
-          view, self.tokenizer, context_length=self.config.model.context_length,
+          view, self.tokenizer, context_length=self.config.model.get('context_length', 0),
           image_size=self.config.model.image_size, batch_size=batch_size, **norm,
           batch_sharding=sharding.batch_sharding(self.mesh) if sharded else None)
     self._encoder.variables = view.variables
