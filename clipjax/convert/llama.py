@@ -85,3 +85,49 @@ def load_llama(path: str, dtype=jnp.float32, param_dtype=jnp.float32, **placemen
     params = load.place(reader, llama_rules(spec, prefix), llama_target(model), ignore=IGNORE,
                         **placement)
   return model, params
+
+
+def llama_state_dict(model: LlamaEncoder, params) -> dict:
+  """HF `LlamaForCausalLM` tensors (numpy, PyTorch layouts) of `params`; the LM head is
+  tied to the embeddings. The inverse of `llama_rules`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  p = lambda x: np.asarray(x, np.float32)
+  tensors = {'model.embed_tokens.weight': p(params['token_embed']),
+             'model.norm.weight': p(params['ln_final']['scale'])}
+  for i in range(model.layers):
+    ours, theirs = params[f'layer_{i}'], f'model.layers.{i}'
+    for name, proj in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
+      kernel = p(ours[name]['kernel'])  # [in, heads, dim]
+      tensors[f'{theirs}.self_attn.{proj}.weight'] = kernel.reshape(kernel.shape[0], -1).T
+      if 'bias' in ours[name]:
+        tensors[f'{theirs}.self_attn.{proj}.bias'] = p(ours[name]['bias']).reshape(-1)
+    out = p(ours['out']['kernel'])  # [heads, dim, out]
+    tensors[f'{theirs}.self_attn.o_proj.weight'] = out.reshape(-1, out.shape[-1]).T
+    if 'bias' in ours['out']:
+      tensors[f'{theirs}.self_attn.o_proj.bias'] = p(ours['out']['bias'])
+    for name in ('gate', 'up', 'down'):
+      tensors[f'{theirs}.mlp.{name}_proj.weight'] = p(ours[name]['kernel']).T
+    tensors[f'{theirs}.input_layernorm.weight'] = p(ours['ln_attn']['scale'])
+    tensors[f'{theirs}.post_attention_layernorm.weight'] = p(ours['ln_mlp']['scale'])
+  return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+
+
+def save_llama(folder: str, model: LlamaEncoder, params) -> None:
+  """A HF Llama folder (config.json + model.safetensors) that `load_llama` and
+  `transformers.LlamaForCausalLM` read; Qwen2-style q/k/v biases are not written."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  if model.qkv_bias or model.out_bias or model.sliding_window is not None:
+    raise ValueError('save_llama writes plain Llama models (no biases, no sliding window)')
+  os.makedirs(folder, exist_ok=True)
+  config = dict(model_type='llama', architectures=['LlamaForCausalLM'],
+                vocab_size=model.vocab_size, hidden_size=model.width,
+                num_hidden_layers=model.layers, num_attention_heads=model.heads,
+                num_key_value_heads=model.kv_heads, intermediate_size=model.mlp_dim,
+                head_dim=model.head_dim or model.width // model.heads,
+                rope_theta=model.rope_theta, rms_norm_eps=model.norm_eps, hidden_act='silu',
+                tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                max_position_embeddings=4096, torch_dtype='float32')
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    json.dump(config, f, indent=1)
+  tensors = llama_state_dict(model, params)
+  save_file(tensors, os.path.join(folder, 'model.safetensors'), metadata={'format': 'pt'})

@@ -6,6 +6,7 @@ from clipjax.methods.base import EvalView, Hook, HookContext, Method
 _METHODS = {
     'aclip': 'clipjax.methods.aclip',
     'clip': 'clipjax.methods.clip',
+    'flame': 'clipjax.methods.flame',
     'nmtune': 'clipjax.methods.nmtune',
     'protoclip': 'clipjax.methods.protoclip',
     'siglip': 'clipjax.methods.siglip',

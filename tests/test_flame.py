@@ -1,0 +1,325 @@
+"""FLAME: facet-decoupled prompting of a frozen LLM, the offline embedding job, the loss."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipjax import embed
+from clipjax.config_base import load_config
+from clipjax.data import shapes, text_features
+from clipjax.methods import flame
+from clipjax.models import facets
+from clipjax.models.llama import LlamaEncoder
+from clipjax.train import language_model
+
+CAPTIONS = [shapes.ShapesSource('train', 8, caption_style='long').caption(i) for i in range(8)]
+CAPTIONS[1] = 'a red circle?'        # the clean-up: '?' -> '.'
+CAPTIONS[2] = 'the "blue" square'    # double quotes become single, a full stop is added
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+  texts = CAPTIONS + [t.replace(facets.CAPTION, c) for t in facets.TEMPLATES.values()
+                      for c in CAPTIONS]
+  return language_model.train_tokenizer(texts, 300)
+
+
+@pytest.fixture(scope='module')
+def llm():
+  model = LlamaEncoder(vocab_size=300, width=32, layers=3, heads=4, kv_heads=2, mlp_dim=48)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))['params']
+  params = jax.tree.map(lambda x: getattr(x, 'value', x), params, is_leaf=lambda x: hasattr(x, 'value'))
+  # Larger weights than the init, so a wrong mask or position shows in the outputs.
+  params = jax.tree.map(lambda x: x * 2.0 if x.ndim > 1 else x, params)
+  return model, params
+
+
+def test_templates_are_the_released_ones():
+  assert facets.TEMPLATES['single'] == (
+      'Image description : "*sent 0*" . After thinking step by step , this image description '
+      'means in just one word:"')
+  long = facets.TEMPLATES['long']
+  assert long.startswith('Detailed Image description : "*sent 0*" . After thinking step by step , <s> ')
+  assert long.count('in just one word:"') == 7 and facets.TEMPLATES['short'].count('one word:"') == 3
+  assert 'the overall atmosphere or emotion of this image means in just one word:"' in long
+  assert facets.clean_caption('a red circle?') == 'a red circle.'
+  assert facets.clean_caption('the "blue" square') == "the 'blue' square."
+  assert facets.clean_caption("it's 'here'") == "it's 'here'"
+
+
+def test_prompts_place_the_facets_alike_in_every_row(tokenizer):
+  prompts = facets.FacetPrompts(tokenizer, 'long', max_length=256)
+  ids, real = prompts(CAPTIONS)
+  closing = ids[0, -1]
+  lengths = real.sum(1)
+  assert len(set(lengths)) > 2 and real[:, -1].all()
+  for row, n in zip(ids, lengths):
+    assert (row[:len(row) - n] == 0).all()                      # left padding
+    ends = [len(row) + e for e in prompts.layout.ends]
+    assert (row[ends] == closing).all()
+    assert row[len(row) - n] == tokenizer.bos_token_id
+    # The shared prefix ends at the template's comma; '<s>' after it is the BOS id
+    # again, opening facet 1 (this tokenizer leaves the space before it a token of its own).
+    p = len(row) + prompts.layout.prefix_end
+    assert tokenizer.convert_ids_to_tokens(int(row[p])) == '\u2581,'
+    assert tokenizer.bos_token_id in row[p + 1:p + 3]
+  with pytest.raises(ValueError, match='exceeds max_length'):
+    facets.FacetPrompts(tokenizer, 'long', max_length=64)(CAPTIONS)
+  with pytest.raises(ValueError, match='unknown FLAME template'):
+    facets.FacetPrompts(tokenizer, 'medium')
+
+
+def _explicit_facet(model, params, row, layout, k, layer):
+  """Facet k computed alone: the shared prefix and its own tokens, with a plain causal
+  mask and the positions they hold in the whole prompt (what facet isolation must equal)."""
+  n = len(row)
+  p = n + layout.prefix_end
+  ends = [n + e for e in layout.ends]
+  start = p + 1 if k == 0 else ends[k - 1] + 1
+  keep = np.r_[0:p + 1, start:ends[k] + 1]
+  _, hidden = model.apply({'params': params}, jnp.asarray(row[keep])[None],
+                          positions=jnp.asarray(keep)[None])
+  return np.asarray(hidden[layer][0, -1])
+
+
+def test_facet_decoupled_pass_equals_each_facet_alone(tokenizer, llm):
+  model, params = llm
+  prompts = facets.FacetPrompts(tokenizer, 'long', max_length=256)
+  ids, real = prompts(CAPTIONS[:3])
+  for layer in (2, 3):
+    vectors = np.asarray(facets.facet_embeddings(model, params, jnp.asarray(ids), real,
+                                                 prompts.layout, layer))
+    assert vectors.shape == (3, 7, 32)
+    for i in range(3):
+      row = ids[i][real[i]]
+      for k in range(7):
+        ref = _explicit_facet(model, params, row, prompts.layout, k, layer)
+        np.testing.assert_allclose(vectors[i, k], ref, atol=1e-5 * np.abs(ref).max())
+  # Facets differ, and re-indexing positions (facet k run as its own prompt) would not
+  # give the same vector: the released embeddings keep absolute positions.
+  row = ids[0][real[0]]
+  n, layout = len(row), prompts.layout
+  keep = np.r_[0:n + layout.prefix_end + 1, n + layout.ends[5] + 1:n]
+  _, hidden = model.apply({'params': params}, jnp.asarray(row[keep])[None])
+  assert np.abs(np.asarray(hidden[2][0, -1]) - vectors[0, 6]).max() > 1e-3
+  assert np.abs(vectors[0, 1] - vectors[0, 2]).max() > 1e-3
+
+
+def test_batched_vectors_equal_one_at_a_time(tokenizer, llm):
+  """Pad keys masked and positions counted from the first real token: a caption's
+  vectors do not depend on its batch (the release's do)."""
+  model, params = llm
+  for template in ('single', 'long'):
+    prompts = facets.FacetPrompts(tokenizer, template, max_length=256)
+    ids, real = prompts(CAPTIONS)
+    batched = facets.facet_embeddings(model, params, jnp.asarray(ids), real, prompts.layout, 3)
+    for i in (0, 1, 2):
+      one_ids, one_real = prompts([CAPTIONS[i]])
+      one_ids = one_ids[:, one_real[0]]  # no padding at all, as the release's batch of one
+      assert real[i].sum() == one_ids.shape[1] < ids.shape[1]
+      alone = facets.facet_embeddings(model, params, jnp.asarray(one_ids),
+                                      np.ones(one_ids.shape, bool), prompts.layout, 3)
+      ref = np.asarray(alone[0])
+      np.testing.assert_allclose(np.asarray(batched[i]), ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_matches_the_released_mask_in_pytorch(tmp_path, tokenizer, llm):
+  """The release's mask and layer hook on a transformers Llama (batch of one: no padding),
+  against our decoupled pass on the same weights."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from clipjax.convert import llama as convert_llama  # pylint: disable=g-import-not-at-top
+  model, params = llm
+  convert_llama.save_llama(str(tmp_path), model, params)
+  hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path), attn_implementation='eager').eval()
+  prompts = facets.FacetPrompts(tokenizer, 'long', max_length=256)
+  for caption in CAPTIONS[:2]:
+    ids, real = prompts([caption])
+    ids = ids[:, real[0]]
+    # multiprompteol_embeddings.py: quote = last token, its last 7 occurrences; the
+    # separator = token -10 of the sentence below (the comma in Mistral's tokenization,
+    # where 'word' and ':"' are two tokens; this tokenizer merges them: -9), its last
+    # occurrence.
+    x = torch.tensor(ids, dtype=torch.long)
+    quote = x[0, -1]
+    quotes = torch.where(x[0] == quote)[0][-7:]
+    sep_ids = tokenizer(['After thinking step by step , this image description means in just one word:"'],
+                        return_tensors='pt').input_ids
+    assert tokenizer.convert_ids_to_tokens(int(sep_ids[0, -9])) == '▁,'
+    sep = torch.where(x[0] == sep_ids[0, -9])[0][-1]
+    length = x.shape[1]
+    mask = torch.ones(1, length).unsqueeze(-1) * torch.tril(torch.ones(1, length, length))
+    for i in range(7):
+      if i == 0:
+        mask[:, sep + 1:quotes[i] + 1, quotes[i] + 1:] = 0
+      else:
+        mask[:, quotes[i - 1] + 1:quotes[i] + 1, quotes[i] + 1:] = 0
+        mask[:, quotes[i - 1] + 1:quotes[i] + 1, sep + 1:quotes[i - 1] + 1] = 0
+    mask = mask.unsqueeze(1).expand(1, 4, length, length)
+    mask = mask.masked_fill(mask == 0, torch.finfo(torch.float32).min).masked_fill(mask == 1, 0)
+    with torch.no_grad():
+      out = hf.model(input_ids=x, attention_mask=mask, output_hidden_states=True)
+    ref = out.hidden_states[2][0, quotes].numpy()  # the output of decoder layer 2 (1-based)
+    ours = np.asarray(facets.facet_embeddings(model, params, jnp.asarray(ids), np.ones_like(ids, bool),
+                                              prompts.layout, 2))[0]
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_loss_equals_the_released_formula():
+  """MultiPositiveSigmoidLoss: -1/(kB) sum log sigmoid(y (s x.t + b)) over [B, kB]
+  logits with texts sample-major (rows k i .. k i + k - 1 are image i's), in float64."""
+  rng = np.random.default_rng(0)
+  b, k, d = 6, 3, 8
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  image, text = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, k, d)))
+  scale, bias = 7.0, -3.0
+
+  def reference(image, text):
+    t = text.reshape(b * k, d)
+    z = scale * image @ t.T + bias
+    y = np.where(np.arange(b * k)[None, :] // k == np.arange(b)[:, None], 1.0, -1.0)
+    return -np.sum(np.log(1 / (1 + np.exp(-y * z)))) / (b * k)
+
+  ours = flame.multi_positive_sigmoid_loss(jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32),
+                                           scale, bias, implementation='xla')
+  np.testing.assert_allclose(float(ours), reference(image, text), rtol=2e-6)
+  grad = np.asarray(jax.grad(lambda x: flame.multi_positive_sigmoid_loss(
+      x, jnp.asarray(text, jnp.float32), scale, bias, implementation='xla'))(jnp.asarray(image, jnp.float32)))
+  eps, numeric = 1e-6, np.zeros_like(image)
+  for i in range(b):
+    for j in range(d):
+      step = np.zeros_like(image)
+      step[i, j] = eps
+      numeric[i, j] = (reference(image + step, text) - reference(image - step, text)) / (2 * eps)
+  np.testing.assert_allclose(grad, numeric, atol=1e-5 * np.abs(numeric).max())
+  for implementation in ('chunked', 'pallas'):
+    other = flame.multi_positive_sigmoid_loss(jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32),
+                                              scale, bias, implementation=implementation)
+    np.testing.assert_allclose(float(other), float(ours), rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def tiny_llm_folder(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('llm')
+  src = shapes.ShapesSource('train', 200, caption_style='long')
+  captions = [src.caption(i) for i in range(200)]
+  answers = [[o.shape for o in src.scene(i)[:1]] * 7 for i in range(200)]
+  language_model.train_language_model(captions, str(folder), facet_data=[('long', captions, answers)],
+                                      vocab_size=400, width=32, layers=2, heads=4, kv_heads=2,
+                                      mlp_dim=64, length=64, steps=3, batch_size=4)
+  return str(folder)
+
+
+def _embed_config(llm_path, **data):
+  c = load_config('configs/flame_quickstart.py:embed')
+  c.llm.path = llm_path
+  c.data.train_num_samples = 60
+  c.embed.part_size = 25
+  c.embed.batch_size = 8
+  c.data.update(data)
+  return c
+
+
+def test_embedding_job_resumes_to_the_same_shards(tmp_path, tiny_llm_folder):
+  config = _embed_config(tiny_llm_folder)
+  whole = embed.embed_parts(config, tmp_path / 'whole')
+  assert whole['parts'] == 3 and whole['samples'] == 60
+  killed = embed.embed_parts(config, tmp_path / 'cut', max_parts=1)
+  assert killed['parts'] == 1
+  rest = embed.embed_parts(config, tmp_path / 'cut')
+  assert rest['parts'] == 2 and embed.embed_parts(config, tmp_path / 'cut')['parts'] == 0
+  for n in range(3):
+    for suffix in (text_features.KEYS, text_features.VECTORS):
+      a = np.load(tmp_path / 'whole' / f'{n:06d}{suffix}')
+      b = np.load(tmp_path / 'cut' / f'{n:06d}{suffix}')
+      assert a.dtype == b.dtype and np.array_equal(a, b)
+  store = text_features.TextFeatures(str(tmp_path / 'whole'))
+  assert len(store) == 60 and store.shape == (8, 32)
+  vectors = store['59'].astype(np.float32)
+  np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), 1.0, atol=2e-3)
+  # Vector 0 is the single prompt's, 1-7 the long prompt's facets, as the encoder gives them.
+  encoder = embed.FacetEncoder(tiny_llm_folder, max_length=192, max_caption_tokens=96)
+  caption = shapes.ShapesSource('train', 60, caption_style='long').caption(59)
+  direct = np.concatenate([encoder([caption], 'single'), encoder([caption], 'long')], axis=1)[0]
+  direct /= np.linalg.norm(direct, axis=-1, keepdims=True)
+  np.testing.assert_allclose(vectors, direct, atol=2e-3)
+  other = _embed_config(tiny_llm_folder)
+  other.llm.max_length = 160
+  with pytest.raises(ValueError, match='another embedding job'):
+    embed.embed_parts(other, tmp_path / 'whole')
+  assert json.loads((tmp_path / 'whole' / 'job.json').read_text())['vectors_shape'] == [8, 32]
+
+
+def test_flame_trains_against_the_stored_vectors(tmp_path, tiny_llm_folder):
+  from clipjax.train import loop  # pylint: disable=g-import-not-at-top
+  embed.embed_parts(_embed_config(tiny_llm_folder), tmp_path / 'text')
+  c = load_config('configs/flame_quickstart.py')
+  c.llm.path = tiny_llm_folder
+  c.data.text_features = str(tmp_path / 'text')
+  c.data.train_num_samples = 60
+  c.batch_size, c.total_steps, c.log_every = 8, 12, 1
+  c.eval_every, c.checkpoint_every = 12, 12
+  c.evals.long_retrieval.num_samples = 16
+  c.evals.shapes_colour.num_samples = 16
+  trainer = loop.Trainer(c, str(tmp_path / 'run'))
+  results = trainer.train()
+  state = trainer.state
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  assert 'long_retrieval/image_to_text_R@1' in results
+  assert 0.0 <= float(state.params['log_logit_scale']) <= np.log(100.0)
+  # A store written by another LLM is refused before training.
+  c.llm.layer = 1
+  with pytest.raises(ValueError, match='differs from the LLM'):
+    flame.FLAME(c)
+
+
+def test_two_processes_write_the_parts_of_one(tmp_path, tiny_llm_folder):
+  config = _embed_config(tiny_llm_folder)
+  embed.embed_parts(config, tmp_path / 'one')
+  assert embed.embed_parts(config, tmp_path / 'two', 1, 2)['parts'] == 1  # part 1 of 0, 1, 2
+  assert embed.embed_parts(config, tmp_path / 'two', 0, 2)['parts'] == 2
+  for n in range(3):
+    for suffix in (text_features.KEYS, text_features.VECTORS):
+      assert np.array_equal(np.load(tmp_path / 'one' / f'{n:06d}{suffix}'),
+                            np.load(tmp_path / 'two' / f'{n:06d}{suffix}'))
+
+
+def _flame_config(tiny_llm_folder, store, **overrides):
+  c = load_config('configs/flame_quickstart.py')
+  c.llm.path, c.data.text_features = tiny_llm_folder, str(store)
+  c.data.train_num_samples = 60
+  c.batch_size, c.log_every, c.eval_every, c.loss_implementation = 8, 1, 0, 'xla'
+  c.evals = {}
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
+  """Gradient accumulation keeps every negative (the loss is over the global batch), and a
+  run stopped and resumed equals the uninterrupted one bit for bit (the positives drawn
+  per read are a function of the stream position)."""
+  from clipjax.train import loop  # pylint: disable=g-import-not-at-top
+  embed.embed_parts(_embed_config(tiny_llm_folder), tmp_path / 'text')
+  runs = {}
+  for name, overrides in (('full', {}), ('accum', dict(grad_accum_steps=4))):
+    trainer = loop.Trainer(_flame_config(tiny_llm_folder, tmp_path / 'text', total_steps=3,
+                                         checkpoint_every=3, **overrides), tmp_path / name)
+    trainer.train()
+    runs[name] = trainer.state
+  for a, b in zip(jax.tree_util.tree_leaves(runs['full'].params),
+                  jax.tree_util.tree_leaves(runs['accum'].params)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  run = lambda name, **kw: loop.Trainer(_flame_config(
+      tiny_llm_folder, tmp_path / 'text', total_steps=6, checkpoint_every=6, **kw), tmp_path / name)
+  whole = run('whole')
+  whole.train()
+  run('split', stop_at_step=4).train()
+  rest = run('split')
+  rest.train()
+  for a, b in zip(jax.tree_util.tree_leaves(whole.state.params),
+                  jax.tree_util.tree_leaves(rest.state.params)):
+    np.testing.assert_array_equal(a, b)
