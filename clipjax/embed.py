@@ -70,15 +70,19 @@ class FacetEncoder:
     return self._fns[template]
 
   def __call__(self, captions, template: str) -> np.ndarray:
+    """Batches of similar lengths (sorted), each cut to its longest prompt rounded up to
+    32 tokens: a caption's vectors do not depend on its batch, so this only saves work."""
     ids, real = self.prompts(template)(captions)
-    out = []
+    order = np.argsort(-real.sum(1), kind='stable')
+    out = np.zeros((len(ids), facets.FACETS[template], self.width), np.float32)
     for start in range(0, len(ids), self.batch_size):
-      chunk = slice(start, start + self.batch_size)
-      n = len(ids[chunk])
-      pad = lambda x: np.concatenate([x, np.zeros((self.batch_size - n,) + x.shape[1:], x.dtype)])
-      batch = [jax.device_put(pad(x[chunk]), self._batch) for x in (ids, real)]
-      out.append(np.asarray(self._fn(template)(self.params, *batch))[:n])
-    return np.concatenate(out)
+      rows = order[start:start + self.batch_size]
+      length = min(ids.shape[1], -(-int(real[rows].sum(1).max()) // 32) * 32)
+      pad = lambda x: np.concatenate([x, np.zeros((self.batch_size - len(rows),) + x.shape[1:],
+                                                  x.dtype)])
+      batch = [jax.device_put(pad(x[rows, -length:]), self._batch) for x in (ids, real)]
+      out[rows] = np.asarray(self._fn(template)(self.params, *batch))[:len(rows)]
+    return out
 
 
 def facet_vectors(model, params, ids, real, layout, layer):
@@ -94,6 +98,17 @@ def _captions_spec(config) -> list:
   return spec
 
 
+# Data keys that change how training reads the data, not what each sample's captions are.
+_READING_KEYS = ('num_workers', 'shuffle_buffer', 'cycle_length', 'read_threads', 'process_split',
+                 'augment', 'label_noise', 'mean', 'std', 'text_features')
+
+
+def data_identity(data_config) -> dict:
+  """The part of a data config that decides which sample holds which captions."""
+  data = data_config.to_dict() if hasattr(data_config, 'to_dict') else dict(data_config)
+  return {k: v for k, v in data.items() if k not in _READING_KEYS}
+
+
 def describe_job(config) -> dict:
   """What the vectors depend on: a workdir holding another job's parts is refused."""
   import json  # pylint: disable=g-import-not-at-top
@@ -102,8 +117,7 @@ def describe_job(config) -> dict:
     spec = convert_llama.llama_spec(json.load(f), str(Path(llm.path) / 'config.json'))
   captions = _captions_spec(config)
   facets_per_sample = sum(facets.FACETS[t] for _, t in captions)
-  data = {k: v for k, v in config.data.to_dict().items() if k != 'text_features'}
-  return dict(data=data, llm=str(llm.path), layer=llm.get('layer'),
+  return dict(data=data_identity(config.data), llm=str(llm.path), layer=llm.get('layer'),
               max_length=llm.max_length, max_caption_tokens=llm.max_caption_tokens,
               dtype=llm.dtype, captions=[list(c) for c in captions],
               part_size=config.embed.part_size, max_samples=config.embed.get('max_samples'),

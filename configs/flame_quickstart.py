@@ -51,7 +51,7 @@ def get_config(arg: str = 'flame') -> ConfigDict:
   # The frozen LLM: a Hugging Face Llama-family folder; layer = the decoder layer whose
   # output is read (None: the penultimate, as FLAME's 39 of Mistral-Nemo's 40).
   c.llm = ConfigDict(dict(path=config_dict.placeholder(str), layer=config_dict.placeholder(int),
-                          max_length=192, max_caption_tokens=96, dtype='float32'))
+                          max_length=256, max_caption_tokens=96, dtype='float32'))
   # Per sample: the caption with the single prompt and with the 7-facet one (8 vectors).
   c.embed = ConfigDict(dict(captions=[('caption', 'single'), ('caption', 'long')],
                             part_size=2000, batch_size=64, max_samples=config_dict.placeholder(int)))

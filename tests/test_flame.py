@@ -103,7 +103,7 @@ def test_facet_decoupled_pass_equals_each_facet_alone(tokenizer, llm):
   n, layout = len(row), prompts.layout
   keep = np.r_[0:n + layout.prefix_end + 1, n + layout.ends[5] + 1:n]
   _, hidden = model.apply({'params': params}, jnp.asarray(row[keep])[None])
-  assert np.abs(np.asarray(hidden[2][0, -1]) - vectors[0, 6]).max() > 1e-3
+  assert np.abs(np.asarray(hidden[3][0, -1]) - vectors[0, 6]).max() > 1e-3  # layer 3, as vectors
   assert np.abs(vectors[0, 1] - vectors[0, 2]).max() > 1e-3
 
 
@@ -270,10 +270,16 @@ def test_flame_trains_against_the_stored_vectors(tmp_path, tiny_llm_folder):
   losses = [r['loss'] for r in rows if 'loss' in r]
   assert np.mean(losses[-3:]) < np.mean(losses[:3])
   assert 'long_retrieval/image_to_text_R@1' in results
-  assert 0.0 <= float(state.params['log_logit_scale']) <= np.log(100.0)
-  # A store written by another LLM is refused before training.
+  # After every step the log-scale is clamped to [0, ln 100].
+  for value, clamped in ((-1.0, 0.0), (10.0, np.log(100.0)), (1.5, 1.5)):
+    moved = state.replace(params=dict(state.params, log_logit_scale=jnp.asarray(value)))
+    assert float(trainer.method.after_step(moved).params['log_logit_scale']) == pytest.approx(clamped)
+  # A store written by another LLM, or from other data, is refused before training.
   c.llm.layer = 1
   with pytest.raises(ValueError, match='differs from the LLM'):
+    flame.FLAME(c)
+  c.llm.layer, c.data.seed = None, 3
+  with pytest.raises(ValueError, match='other data'):
     flame.FLAME(c)
 
 
@@ -323,3 +329,36 @@ def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
   for a, b in zip(jax.tree_util.tree_leaves(whole.state.params),
                   jax.tree_util.tree_leaves(rest.state.params)):
     np.testing.assert_array_equal(a, b)
+
+
+SHARDED = r'''
+import json, jax, numpy as np, tempfile
+from tests.test_flame import _flame_config
+from tests.test_train import run_steps
+from clipjax.train.loop import Trainer
+out = {}
+for name, mesh, extra in [('one', dict(data=1, fsdp=1, tensor=1), {}),
+                          ('d2f2t2', dict(data=2, fsdp=2, tensor=2), {}),
+                          ('d2f2t2+chunked', dict(data=2, fsdp=2, tensor=2),
+                           dict(loss_implementation='chunked'))]:
+  c = _flame_config(LLM, STORE, total_steps=2, mesh=mesh, **extra)
+  t = Trainer(c, tempfile.mkdtemp(), devices=jax.devices()[:1] if name == 'one' else None)
+  state, losses = run_steps(t, 2)
+  out[name] = dict(losses=losses, params=[np.asarray(x).ravel()[:50].tolist()
+                                          for x in jax.tree_util.tree_leaves(state.params)])
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_sharded_steps_equal_single_device(tmp_path, tiny_llm_folder, python_subprocess):
+  """FLAME on a data x fsdp x tensor mesh (and the chunked sigmoid kernel sharded over it)
+  takes the one-device steps: losses to 1e-6, parameters to 5e-7."""
+  embed.embed_parts(_embed_config(tiny_llm_folder), tmp_path / 'text')
+  code = SHARDED.replace('LLM', repr(tiny_llm_folder)).replace('STORE', repr(str(tmp_path / 'text')))
+  out = json.loads(python_subprocess(code, devices=8).strip().splitlines()[-1])
+  ref = out.pop('one')
+  for name, got in out.items():
+    np.testing.assert_allclose(got['losses'], ref['losses'], rtol=1e-6, err_msg=name)
+    for a, b in zip(got['params'], ref['params']):
+      np.testing.assert_allclose(a, b, rtol=0, atol=5e-7, err_msg=name)

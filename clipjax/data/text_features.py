@@ -67,9 +67,13 @@ class TextFeatures:
       raise FileNotFoundError(f'{self.folder}: the embedding job has written no parts yet')
     self._vectors, self._index = [], {}
     for n, name in enumerate(names):
-      keys = np.load(self.folder / f'{name}{KEYS}')
+      keys = np.load(self.folder / f'{name}{KEYS}').tolist()
       self._vectors.append(np.load(self.folder / f'{name}{VECTORS}', mmap_mode='r'))
-      self._index.update((k, (n, row)) for row, k in enumerate(keys.tolist()))
+      before = len(self._index)
+      self._index.update((k, (n, row)) for row, k in enumerate(keys))
+      if len(self._index) != before + len(keys):
+        raise ValueError(f'{self.folder / (name + KEYS)}: keys repeated within the part or '
+                         'from earlier parts; every sample needs a key of its own')
 
   def __len__(self) -> int:
     if self._index is None:

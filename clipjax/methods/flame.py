@@ -10,12 +10,13 @@ y = +1 for an image's own k texts; grouping texts by draw j (column i of block j
 i's j-th text) makes each block a SigLIP matrix with positives on its diagonal, so the
 loss is the mean over j of `losses.siglip_loss` (any of its kernels, sharded over the
 mesh). Scale s = exp(t), t initialised at ln 10 and clamped to [0, ln 100] after every
-step; bias b initialised at -10. Nothing of the LLM is trained or held during training.
+step; bias b initialised at -10. Nothing of the LLM is trained.
 
-Evaluation embeds texts through the frozen LLM (loaded at the first evaluation, not
-checkpointed): retrieval captions with the 7-facet prompt, facets averaged (not
-normalised first, as released), zero-shot prompts with the single prompt; each
-distinct list of texts is embedded once per run (the LLM is frozen).
+Evaluation embeds texts through the frozen LLM: retrieval captions with the 7-facet
+prompt, facets averaged (not normalised first, as released), zero-shot prompts with the
+single prompt. Each distinct list of texts is embedded once per run and kept (float16);
+the LLM is loaded for a list not seen yet and freed after it, so it holds no device
+memory while training.
 
 Config: `data.text_features` (the embedding job's workdir), `llm` (path: a Hugging Face
 Llama-family folder; layer: the decoder layer read, 1-based, None for the penultimate;
@@ -117,6 +118,12 @@ class FLAME(Method):
       raise ValueError(f'config.llm (path {llm.path!r}, layer {llm.get("layer")}) differs from '
                        f'the LLM that wrote {path} ({job["llm"]!r}, layer {job["layer"]}): '
                        'evaluation must embed texts as training targets were')
+    from clipjax.embed import data_identity  # pylint: disable=g-import-not-at-top
+    if data_identity(config.data) != job['data']:
+      mine, theirs = data_identity(config.data), job['data']
+      changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+      raise ValueError(f'{path} was embedded from other data (config.data differs in '
+                       f'{changed}): its keys would join other samples\' vectors')
     count, width = self.features.shape
     self.positives = int(config.flame.positives)
     if not 1 <= self.positives <= count:
@@ -184,11 +191,7 @@ class FrozenLLMTexts:
   """(texts, purpose) -> float32 [N, D] through the frozen LLM, each distinct list once."""
 
   def __init__(self, config):
-    from clipjax.embed import FacetEncoder  # pylint: disable=g-import-not-at-top
-    llm = config.llm
-    self.encoder = FacetEncoder(llm.path, llm.get('layer'), llm.max_length,
-                                llm.max_caption_tokens, config.flame.get('eval_batch_size', 32),
-                                llm.dtype)
+    self.config = config
     self.templates = dict(config.flame.eval_templates)
     self._cache = {}
 
@@ -198,8 +201,14 @@ class FrozenLLMTexts:
                        f'has {sorted(self.templates)}')
     key = (purpose, tuple(texts))
     if key not in self._cache:
-      self._cache[key] = self.encoder(texts, self.templates[purpose]).mean(axis=1)
-    return self._cache[key]
+      from clipjax.embed import FacetEncoder  # pylint: disable=g-import-not-at-top
+      llm = self.config.llm
+      encoder = FacetEncoder(llm.path, llm.get('layer'), llm.max_length, llm.max_caption_tokens,
+                             self.config.flame.get('eval_batch_size', 32), llm.dtype)
+      vectors = encoder(texts, self.templates[purpose]).mean(axis=1)
+      self._cache[key] = vectors.astype(np.float16)
+      del encoder  # its parameters leave the devices
+    return self._cache[key].astype(np.float32)
 
 
 METHOD = FLAME
