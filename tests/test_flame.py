@@ -362,3 +362,39 @@ def test_sharded_steps_equal_single_device(tmp_path, tiny_llm_folder, python_sub
     np.testing.assert_allclose(got['losses'], ref['losses'], rtol=1e-6, err_msg=name)
     for a, b in zip(got['params'], ref['params']):
       np.testing.assert_allclose(a, b, rtol=0, atol=5e-7, err_msg=name)
+
+
+def test_tar_shards_join_by_their_keys(tmp_path, tiny_llm_folder):
+  """Shard records are keyed by `__key__`: one part per shard, a record that cannot be
+  read is skipped, and training's transform finds each readable record's vectors."""
+  import io  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from clipjax.data import pipeline, sources, transforms  # pylint: disable=import-outside-toplevel
+  png = io.BytesIO()
+  Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(png, format='PNG')
+  writer = sources.ShardWriter(str(tmp_path / 'shards'), shard_size=3)
+  for i, caption in enumerate(CAPTIONS[:5] + ['']):
+    writer.write(f'sample{i:03d}', {'png': png.getvalue(), 'txt': caption})
+  writer.close()
+  config = _embed_config(tiny_llm_folder, format='wds', train=writer.pattern())
+  stats = embed.embed_parts(config, tmp_path / 'text')
+  assert (stats['parts'], stats['samples'], stats['skipped']) == (2, 5, 1)
+  store = text_features.TextFeatures(str(tmp_path / 'text'))
+  encoder = embed.FacetEncoder(tiny_llm_folder, max_length=256, max_caption_tokens=96)
+  images = transforms.ImageText(None, 0, 32)
+  targets = flame.FacetTargets(images, store, positives=8)
+  source = pipeline.make_source(config.data)
+  records = [source.decoder(raw) for url in source.shards for raw in sources.iter_tar_samples(url)]
+  assert [r.get('key') for r in records[:5]] == [f'sample{i:03d}' for i in range(5)]
+  for record in records[:5]:
+    direct = np.concatenate([encoder([record['caption']], 'single'),
+                             encoder([record['caption']], 'long')], axis=1)[0]
+    direct /= np.linalg.norm(direct, axis=-1, keepdims=True)
+    np.testing.assert_allclose(store[record['key']].astype(np.float32), direct, atol=2e-3)
+    row = targets(record, np.random.default_rng(0))
+    assert row['text_emb'].shape == (8, 32)
+    # All 8 drawn without replacement: the same vectors, permuted.
+    assert sorted(map(tuple, row['text_emb'].round(3))) == sorted(
+        map(tuple, store[record['key']].astype(np.float32).round(3)))
+  with pytest.raises(sources.BadSample, match='missing_text_features'):
+    targets({'image': records[0]['image'], 'key': 'never-embedded'}, np.random.default_rng(0))
