@@ -3,8 +3,11 @@
 # through a coordinator on a free localhost port: a multi-host run for tests and debugging.
 #
 #   launch/local_multiprocess.sh N -- --config configs/quickstart.py --workdir runs/mp
+#   CLIPJAX_MODULE=clipjax.embed launch/local_multiprocess.sh N -- --config ... --workdir ...
 #
-# Environment: DEVICES_PER_PROCESS (simulated CPU devices per process, default 4),
+# Environment: CLIPJAX_MODULE (the entry point, default clipjax.main; the jobs
+# clipjax.embed and clipjax.analysis.frequency join the same way),
+# DEVICES_PER_PROCESS (simulated CPU devices per process, default 4),
 # PYTHON (default python3), KILL_GRACE (seconds between SIGTERM and SIGKILL, default 5),
 # CLIPJAX_HEARTBEAT_TIMEOUT / CLIPJAX_INIT_TIMEOUT (see clipjax/train/distributed.py).
 # Output lines are prefixed with [p<i>]. When one process exits non-zero the others are
@@ -12,7 +15,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 NUM_PROCESSES -- <python -m clipjax.main arguments>" >&2
+  echo "usage: $0 NUM_PROCESSES -- <python -m \${CLIPJAX_MODULE:-clipjax.main} arguments>" >&2
   exit 2
 }
 
@@ -21,6 +24,7 @@ num_processes=$1
 shift 2
 
 python=${PYTHON:-python3}
+module=${CLIPJAX_MODULE:-clipjax.main}
 devices=${DEVICES_PER_PROCESS:-4}
 grace=${KILL_GRACE:-5}
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -57,7 +61,7 @@ trap 'echo "[launcher] interrupted: stopping all processes" >&2; stop_then_kill;
 
 echo "[launcher] ${num_processes} processes x ${devices} CPU devices, coordinator ${JAX_COORDINATOR_ADDRESS}" >&2
 for ((i = 0; i < num_processes; i++)); do
-  JAX_PROCESS_ID=$i "${python}" -m clipjax.main "$@" > >(sed -u "s/^/[p${i}] /") 2>&1 &
+  JAX_PROCESS_ID=$i "${python}" -m "${module}" "$@" > >(sed -u "s/^/[p${i}] /") 2>&1 &
   pids+=("$!")
   echo "[launcher] process ${i}: pid $!" >&2
 done

@@ -7,7 +7,8 @@
 #
 # Environment: TPU_NAME, ZONE (required); PROJECT (default: gcloud's); ACCELERATOR_TYPE
 # (default v4-8); RUNTIME_VERSION (default tpu-ubuntu2204-base); SPOT=1 for a spot slice;
-# JAX_SPEC (pip requirement for JAX on TPU, default 'jax[tpu]>=0.7,<0.11'); DRY_RUN=1
+# JAX_SPEC (pip requirement for JAX on TPU, default 'jax[tpu]>=0.7,<0.11'); CLIPJAX_MODULE
+# (the entry point, default clipjax.main, or a job: clipjax.embed, ...); DRY_RUN=1
 # prints the commands instead of running them. --workdir must be storage every worker
 # sees (a mounted bucket or NFS): every host writes its own checkpoint shards.
 set -euo pipefail
@@ -18,6 +19,7 @@ usage() {
 }
 
 [[ $# -ge 1 && $1 == -- ]] || usage
+module=${CLIPJAX_MODULE:-clipjax.main}
 shift
 : "${TPU_NAME:?set TPU_NAME (the TPU VM name)}"
 : "${ZONE:?set ZONE (e.g. us-central2-b)}"
@@ -81,7 +83,7 @@ run "${gcloud_tpu[@]}" ssh "${TPU_NAME}" "${where[@]}" --worker=all --command "$
 
 # 4. Start training on all workers, detached from ssh: each logs to ~/clipjax-run.log and
 #    leaves its exit status in ~/clipjax-run.rc. JAX reads the slice from TPU metadata.
-train="cd clipjax && CLIPJAX_DISTRIBUTED=1 ../clipjax-venv/bin/python -m clipjax.main"
+train="cd clipjax && CLIPJAX_DISTRIBUTED=1 ../clipjax-venv/bin/python -m $(quote "${module}")"
 for word in "$@"; do train+=" $(quote "${word}")"; done
 train+="; echo \$? > ../clipjax-run.rc"
 start="rm -f clipjax-run.rc; setsid nohup bash -c $(quote "${train}") > clipjax-run.log 2>&1 < /dev/null & echo \$! > clipjax-run.pid"
