@@ -23,6 +23,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from clipjax import host_allocator
+
 MODES = ('train', 'eval', 'export')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections).',
@@ -157,4 +159,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_allocator.reexec('clipjax.main')  # before JAX is imported: see its docstring
   app.run(main, flags_parser=parse_flags)
