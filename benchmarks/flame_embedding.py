@@ -15,6 +15,7 @@ import argparse
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,7 @@ MODELS = {  # name: LlamaEncoder sizes
 def write_model(folder, sizes, tokenizer):
   model = LlamaEncoder(vocab_size=len(tokenizer), **sizes)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))['params']
-  params = jax.tree.map(lambda x: getattr(x, 'value', x), params,
-                        is_leaf=lambda x: hasattr(x, 'value'))
+  params = nn.unbox(params)
   convert_llama.save_llama(folder, model, params)
   tokenizer.save_pretrained(folder)
   return sum(x.size for x in jax.tree.leaves(params))

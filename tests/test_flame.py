@@ -1,6 +1,7 @@
 """FLAME: facet-decoupled prompting of a frozen LLM, the offline embedding job, the loss."""
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,7 @@ def tokenizer():
 def llm():
   model = LlamaEncoder(vocab_size=300, width=32, layers=3, heads=4, kv_heads=2, mlp_dim=48)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32))['params']
-  params = jax.tree.map(lambda x: getattr(x, 'value', x), params, is_leaf=lambda x: hasattr(x, 'value'))
+  params = nn.unbox(params)
   # Larger weights than the init, so a wrong mask or position shows in the outputs.
   params = jax.tree.map(lambda x: x * 2.0 if x.ndim > 1 else x, params)
   return model, params

@@ -150,14 +150,15 @@ class FacetPrompts:
     return ids, real
 
 
-def facet_mask(layout: Layout, real):
-  """bool [B, 1, T, T]: the layout's facet isolation, pad keys masked (a pad row attends
-  to itself only, so it stays finite)."""
+def facet_inputs(layout: Layout, real) -> tuple:
+  """(mask bool [B, 1, T, T], positions [B, T]) of left-padded prompts: the layout's facet
+  isolation with pad keys masked (a pad row attends to itself only, so it stays finite),
+  rotary positions counted from each row's first real token."""
   length = real.shape[-1]
-  allowed = jnp.asarray(layout.allowed(length))[None]
-  real = real.astype(bool)
-  mask = allowed & real[:, None, :]
-  return (mask | jnp.eye(length, dtype=bool)[None])[:, None]
+  real = jnp.asarray(real, bool)
+  mask = jnp.asarray(layout.allowed(length))[None] & real[:, None, :]
+  positions = jnp.maximum(jnp.cumsum(real, axis=-1) - 1, 0)
+  return (mask | jnp.eye(length, dtype=bool)[None])[:, None], positions
 
 
 def facet_embeddings(llm, params, ids, real, layout: Layout, layer: int):
@@ -166,9 +167,7 @@ def facet_embeddings(llm, params, ids, real, layout: Layout, layer: int):
   `clipjax.models.llama.LlamaEncoder`; layers above `layer` are not run."""
   if not 1 <= layer <= llm.layers:
     raise ValueError(f'layer {layer} out of range [1, {llm.layers}] for this LLM')
-  real = jnp.asarray(real, bool)
-  positions = jnp.maximum(jnp.cumsum(real, axis=-1) - 1, 0)
-  _, hidden = llm.clone(layers=layer).apply({'params': params}, ids, facet_mask(layout, real),
-                                            positions)
+  _, hidden = llm.clone(layers=layer).apply({'params': params}, ids,
+                                            *facet_inputs(layout, real))
   ends = np.asarray(layout.ends) + ids.shape[-1]
   return hidden[layer][:, ends]

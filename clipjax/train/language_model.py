@@ -10,6 +10,7 @@ Hugging Face folder, so the frozen-LLM path reads it exactly as it reads Mistral
 import logging
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,9 +76,7 @@ def train_language_model(texts, folder: str, *, facet_data=(), vocab_size: int =
   ids = [list(x) + [2] for x in tokenizer(list(texts))['input_ids']]  # </s> ends each text
   model = LlamaEncoder(vocab_size=len(tokenizer), width=width, layers=layers, heads=heads,
                        kv_heads=kv_heads, mlp_dim=mlp_dim)
-  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2), jnp.int32))['params']
-  params = jax.tree.map(lambda x: getattr(x, 'value', x), params,
-                        is_leaf=lambda x: hasattr(x, 'value'))
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2), jnp.int32))['params'])
   tasks = []
   for template, captions, answers in facet_data:
     builder = facets.FacetPrompts(tokenizer, template, max_length=4 * length)
@@ -93,9 +92,7 @@ def train_language_model(texts, folder: str, *, facet_data=(), vocab_size: int =
     nll = optax.softmax_cross_entropy_with_integer_labels(logits_of(params, hidden), tokens[:, 1:])
     loss = jnp.sum(nll * weights) / jnp.sum(weights)
     for (layout, _, _, _), (prompt_ids, real, answers) in zip(tasks, facet_batches):
-      positions = jnp.maximum(jnp.cumsum(real, axis=-1) - 1, 0)
-      hidden, _ = model.apply({'params': params}, prompt_ids, facets.facet_mask(layout, real),
-                              positions)
+      hidden, _ = model.apply({'params': params}, prompt_ids, *facets.facet_inputs(layout, real))
       ends = np.asarray(layout.ends) + prompt_ids.shape[-1]
       loss += jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
           logits_of(params, hidden[:, ends]), answers)) / len(tasks)
