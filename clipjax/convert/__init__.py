@@ -10,6 +10,7 @@ own folder, see `native`). Nothing is downloaded: every source is a local path.
 """
 import json
 import os
+import re
 import zipfile
 from typing import Optional
 
@@ -101,20 +102,24 @@ def load_clip(src: str, format: Optional[str] = None, dtype=jnp.float32,  # pyli
 
 
 def load_params(src: str, target, subtree: Optional[str] = None, format: Optional[str] = None,  # pylint: disable=redefined-builtin
-                shardings=None):
+                shardings=None, ignore=()):
   """Initialises `target` (a param tree, abstract or real) from a checkpoint of any format.
 
   subtree: '/'-path inside the converted params, e.g. 'visual' to initialise an image tower
     (or a teacher's) from a CLIP checkpoint. Every target parameter must be present with its
     exact shape; a mismatch raises naming it. Values take the target's dtype and go to
     `shardings` (a matching tree) or to the target's own `.sharding` when it has one.
+  ignore: regexes of checkpoint parameters the target is meant not to have (a tower's head
+    when the model keeps only its tokens), dropped instead of refused.
   """
   _, params, _ = load_model(src, format)
   for key in (subtree.split('/') if subtree else ()):
     if key not in params:
       raise CheckpointError(f'{src}: no subtree {subtree!r} (have {sorted(params)})')
     params = params[key]
-  source, wanted = load.flat(params), load.flat(load.unbox(target))
+  dropped = [re.compile(p) for p in ignore]
+  source = {k: v for k, v in load.flat(params).items() if not any(p.fullmatch(k) for p in dropped)}
+  wanted = load.flat(load.unbox(target))
   del params  # `source` now holds the only references: each is freed once placed.
   problems = [f'{k}: missing' for k in wanted if k not in source]
   problems += [f'{k}: checkpoint {source[k].shape} vs target {wanted[k].shape}'
@@ -136,15 +141,16 @@ def init_params(params, inits, shardings=None):
   inits: iterable of dicts (e.g. straight from a config list) with keys
     target: '/'-path in `params` to replace ('' for all), e.g. 'visual' or 'teacher/textual';
     src: checkpoint path; subtree (optional): '/'-path inside the converted checkpoint;
-    format (optional): as `load_model`.
+    format (optional): as `load_model`; ignore (optional): as `load_params`.
   Replaced values keep the placement of the leaves they replace (or follow `shardings`).
   """
   flat_params = load.flat(load.unbox(params))
   flat_shardings = load.flat(shardings) if shardings is not None else {}
   for init in inits:
-    unknown = set(init) - {'target', 'src', 'subtree', 'format'}
+    unknown = set(init) - {'target', 'src', 'subtree', 'format', 'ignore'}
     if unknown or 'src' not in init:
-      raise ValueError(f'init entry {init!r}: needs src; allowed keys target, src, subtree, format')
+      raise ValueError(f'init entry {init!r}: needs src; allowed keys target, src, subtree, '
+                       'format, ignore')
     prefix = init.get('target', '').strip('/')
     under = lambda k: not prefix or k == prefix or k.startswith(prefix + '/')  # pylint: disable=cell-var-from-loop
     strip = lambda k: k[len(prefix) + 1:] if prefix else k  # pylint: disable=cell-var-from-loop
@@ -153,7 +159,8 @@ def init_params(params, inits, shardings=None):
       raise CheckpointError(f'init target {prefix!r} names no parameters')
     sub_shardings = {strip(k): v for k, v in flat_shardings.items() if under(k)}
     loaded = load_params(init['src'], load.unflat(target), init.get('subtree'), init.get('format'),
-                         load.unflat(sub_shardings) if sub_shardings else None)
+                         load.unflat(sub_shardings) if sub_shardings else None,
+                         init.get('ignore', ()))
     for k, v in load.flat(loaded).items():
       flat_params[f'{prefix}/{k}' if prefix else k] = v
   return load.unflat(flat_params)

@@ -9,7 +9,8 @@ from clipjax.convert.io import CheckpointError, open_checkpoint
 from clipjax.models.llama import LlamaEncoder
 
 MODEL_TYPES = ('llama', 'mistral', 'qwen2')
-# The LM head is unused by an encoder; rotary inv_freq buffers are recomputed.
+# The LM head is read apart (`load_lm_head`) by the methods that use it (LexVLA); rotary
+# inv_freq buffers are recomputed.
 IGNORE = (r'^lm_head\.', r'rotary_emb\.inv_freq$')
 
 
@@ -85,6 +86,21 @@ def load_llama(path: str, dtype=jnp.float32, param_dtype=jnp.float32, **placemen
     params = load.place(reader, llama_rules(spec, prefix), llama_target(model), ignore=IGNORE,
                         **placement)
   return model, params
+
+
+def load_lm_head(path: str):
+  """The LM head's rows [vocab, width] (numpy, the checkpoint's dtype): `lm_head.weight`,
+  or the input embeddings where config.json ties them (tie_word_embeddings)."""
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  with open(os.path.join(folder, 'config.json')) as f:
+    tied = json.load(f).get('tie_word_embeddings', False)
+  with open_checkpoint(path) as reader:
+    for name in ('lm_head.weight',) + (('model.embed_tokens.weight', 'embed_tokens.weight')
+                                        if tied else ()):
+      if name in reader:
+        return reader.read(name)
+  raise CheckpointError(f'{path}: no lm_head.weight' + (' nor embed_tokens.weight' if tied else
+                                                        ' and tie_word_embeddings is false'))
 
 
 def llama_state_dict(model: LlamaEncoder, params) -> dict:
