@@ -150,12 +150,14 @@ def _background(s: int, rng: np.random.Generator) -> np.ndarray:
   return np.clip(base + noise, 0, 255).astype(np.int16).repeat(3, axis=-1)
 
 
-def draw_scene(objects, image_size: int, rng: np.random.Generator) -> np.ndarray:
-  """uint8 [S, S, 3]: a dark, slightly noisy background with the objects painted in order."""
+def draw_scene(objects, image_size: int, rng: np.random.Generator, with_labels: bool = False):
+  """uint8 [S, S, 3]: a dark, slightly noisy background with the objects painted in order;
+  with_labels: also int32 [S, S], the index of the object each pixel shows (-1: background)."""
   s = image_size
   image = _background(s, rng)
+  labels = np.full((s, s), -1, np.int32)
   grid = np.arange(s, dtype=np.float32) + 0.5
-  for obj in objects:
+  for k, obj in enumerate(objects):
     fx, fy = _CENTRES[obj.position]
     jitter = rng.uniform(-0.04, 0.04, size=2) * s
     cx, cy = fx * s + jitter[0], fy * s + jitter[1]
@@ -163,7 +165,9 @@ def draw_scene(objects, image_size: int, rng: np.random.Generator) -> np.ndarray
     mask = shape_mask(obj.shape, grid[None, :] - cx, grid[:, None] - cy, r)
     colour = np.asarray(COLOURS[obj.colour], np.int16) + rng.integers(-12, 13, size=3)
     image[mask] = colour
-  return np.clip(image, 0, 255).astype(np.uint8)
+    labels[mask] = k
+  image = np.clip(image, 0, 255).astype(np.uint8)
+  return (image, labels) if with_labels else image
 
 
 def _object_phrase(obj: ShapeObject, rng, with_size: bool, with_position: bool) -> str:
@@ -319,6 +323,18 @@ class ShapesSource:
     index = self._check(index)
     caption, draw = self._sample(index)
     return {'image': draw(), 'caption': caption, 'index': np.int64(index)}
+
+  def segmentation(self, index: int) -> tuple:
+    """(image uint8 [S, S, 3], object index per pixel int32 [S, S] (-1: background),
+    objects) of scene sample `index`: the image `__getitem__` draws."""
+    index = self._check(index)
+    if self._digit_rng(index) is not None:
+      raise ValueError(f'sample {index} is a drawn digit, not a scene')
+    rng = _rng(self.seed, self.split, index)
+    objects = self._scene(rng)
+    (caption_scene_long if self.caption_style == 'long' else caption_scene)(objects, rng)
+    image, labels = draw_scene(objects, self.image_size, rng, with_labels=True)
+    return image, labels, objects
 
   def caption(self, index: int) -> str:
     """Sample `index`'s caption without drawing its image."""

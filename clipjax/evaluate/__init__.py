@@ -13,10 +13,11 @@ against an `Encoder`; results are flat "<name>/<metric>" floats:
   evals.probe = dict(type='linear_probe', dataset='sklearn_digits')
   evals.c10 = dict(type='linear_probe', dataset='cifar10', data_dir=D)  # train / test splits
   evals.ood = dict(type='classifier', dataset='sklearn_digits', part='all')  # own head
+  evals.seg = dict(type='patchdis', attribute='colour')  # per-patch classes, mIoU
 
 Options per type are the keyword arguments of ZeroShotEvaluator, RetrievalEvaluator,
 LinearProbeEvaluator and ClassifierEvaluator. Metrics: zeroshot_{top1,top5,
-mean_per_class_recall}; {image_to_text,text_to_image}_R@{1,5,10}; linear_probe_{top1,top5,
+mean_per_class_recall}; patchdis_{miou,random_miou,pixel_accuracy}; {image_to_text,text_to_image}_R@{1,5,10}; linear_probe_{top1,top5,
 mean_per_class_recall,log10_C}; classifier_{top1,top5,mean_per_class_recall}. An
 evaluator is any callable `evaluator(encoder) -> (scalars, arrays)`.
 """
@@ -25,6 +26,7 @@ from typing import Optional
 from clipjax.evaluate.classifier import ClassifierEvaluator
 from clipjax.evaluate.encoder import Encoder, EvalView
 from clipjax.evaluate.linear_probe import LinearProbeEvaluator, fit_linear_probe
+from clipjax.evaluate.patchdis import PatchDisEvaluator
 from clipjax.evaluate.metrics import classification_metrics, retrieval_metrics
 from clipjax.evaluate.retrieval import RetrievalEvaluator
 from clipjax.evaluate.zeroshot import ZeroShotEvaluator, zeroshot_classifier, zeroshot_metrics
@@ -34,6 +36,7 @@ EVALUATORS = {
     'retrieval': RetrievalEvaluator,
     'linear_probe': LinearProbeEvaluator,
     'classifier': ClassifierEvaluator,
+    'patchdis': PatchDisEvaluator,
 }
 
 
@@ -74,7 +77,7 @@ def run_evaluators(evaluators: dict, encoder, details: Optional[dict] = None) ->
 
 __all__ = [
     'ClassifierEvaluator', 'Encoder', 'EvalView', 'EVALUATORS', 'LinearProbeEvaluator',
-    'RetrievalEvaluator', 'ZeroShotEvaluator',
+    'PatchDisEvaluator', 'RetrievalEvaluator', 'ZeroShotEvaluator',
     'build_evaluators', 'classification_metrics', 'fit_linear_probe', 'retrieval_metrics',
     'run_evaluators', 'zeroshot_classifier', 'zeroshot_metrics',
 ]

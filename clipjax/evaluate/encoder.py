@@ -37,10 +37,13 @@ class EvalView:
   encode_image: Callable  # (variables, float32 normalised images [B, S, S, 3]) -> [B, D]
   encode_text: Callable   # (variables, int32 ids [B, L]) -> [B, D]
   variables: Any
-  # A text side the view runs itself, host side: (strings, purpose) -> float32 [N, D],
-  # purpose 'captions' (retrieval) or 'classes' (zero-shot prompts). A frozen-LLM text
-  # path (FLAME) prompts each purpose its own way and needs no tokenizer of the run.
+  # A text side the view runs itself, host side: (variables, strings, purpose) -> float32
+  # [N, D], purpose 'captions' (retrieval) or 'classes' (zero-shot prompts). An LLM text
+  # path (FLAME, LexVLA) prompts each purpose its own way and needs no tokenizer of the run.
   embed_texts: Optional[Callable] = None
+  # Per-patch embeddings in the text space, (variables, images) -> [B, P, D], for dense
+  # evaluators (PatchDis); None where a method has none.
+  encode_patches: Optional[Callable] = None
 
   @classmethod
   def of(cls, model, params, **collections):
@@ -70,6 +73,7 @@ class Encoder:
       raise ValueError(f'Encoder batch_size must be positive, got {batch_size}')
     self.variables = view.variables
     self.embed_texts = view.embed_texts
+    self.has_patches = view.encode_patches is not None
     self.tokenizer = tokenizer
     self.context_length = int(context_length)
     self.image_size = int(image_size)
@@ -96,6 +100,10 @@ class Encoder:
     self._encode_image = jax.jit(encode_image, out_shardings=out)
     self._encode_features = jax.jit(encode_features, out_shardings=out)
     self._encode_text = jax.jit(encode_text, out_shardings=out)
+    if self.has_patches:
+      self._encode_patches = jax.jit(lambda variables, images_uint8: unit(view.encode_patches(
+          variables, (images_uint8.astype(jnp.float32) - mean) / std).astype(jnp.float32)),
+                                     out_shardings=out)
 
   def _run(self, fn, inputs: np.ndarray) -> np.ndarray:
     outputs = []
@@ -110,13 +118,23 @@ class Encoder:
   def encode_images(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, image_size, image_size, 3] -> float32 [N, D], unit rows."""
     images = np.asarray(images)
+    self._check_images(images)
+    return self._run(self._encode_image, images)
+
+  def _check_images(self, images: np.ndarray) -> None:
     expected = (self.image_size, self.image_size, 3)
     if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
       raise ValueError(f'encode_images wants uint8 [N, {self.image_size}, {self.image_size}, 3], '
                        f'got {images.dtype} {images.shape}')
     if not len(images):
       raise ValueError('encode_images got no images')
-    return self._run(self._encode_image, images)
+
+  def encode_patches(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, S, S, 3] -> float32 [N, P, D], unit rows: each patch's embedding."""
+    if not self.has_patches:
+      raise ValueError('this model has no per-patch embeddings (EvalView.encode_patches)')
+    self._check_images(images)
+    return self._run(self._encode_patches, np.asarray(images))
 
   def encode_features(self, features: np.ndarray) -> np.ndarray:
     """float32 [N, F] precomputed image features -> [N, D], unit rows: for views whose
@@ -133,7 +151,7 @@ class Encoder:
     if not texts:
       raise ValueError('encode_texts got no texts')
     if self.embed_texts is not None:
-      return l2_normalize(self.embed_texts(texts, purpose))
+      return l2_normalize(self.embed_texts(self.variables, texts, purpose))
     ids = np.asarray(self.tokenizer(texts, self.context_length), np.int32)
     if ids.shape != (len(texts), self.context_length):
       raise ValueError(f'tokenizer returned shape {ids.shape}, expected '

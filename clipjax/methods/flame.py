@@ -188,14 +188,15 @@ def _no_ids(variables, ids):
 
 
 class FrozenLLMTexts:
-  """(texts, purpose) -> float32 [N, D] through the frozen LLM, each distinct list once."""
+  """(variables, texts, purpose) -> float32 [N, D] through the frozen LLM, each distinct list once."""
 
   def __init__(self, config):
     self.config = config
     self.templates = dict(config.flame.eval_templates)
     self._cache = {}
 
-  def __call__(self, texts, purpose: str) -> np.ndarray:
+  def __call__(self, variables, texts, purpose: str) -> np.ndarray:
+    del variables  # the LLM is frozen: the vectors depend on the texts alone
     if purpose not in self.templates:
       raise ValueError(f'no FLAME template for {purpose!r} texts; config.flame.eval_templates '
                        f'has {sorted(self.templates)}')

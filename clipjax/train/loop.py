@@ -343,8 +343,9 @@ class Trainer:
       sharded = batch_size % self.mesh.size == 0
       if sharded:  # the towers' activation constraints apply to whole batches only
         wrap = lambda fn: sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
-        view = dataclasses.replace(view, encode_image=wrap(view.encode_image),
-                                   encode_text=wrap(view.encode_text))
+        view = dataclasses.replace(
+            view, encode_image=wrap(view.encode_image), encode_text=wrap(view.encode_text),
+            encode_patches=view.encode_patches and wrap(view.encode_patches))
       # Evaluation normalises images as training does (data.mean / data.std, e.g. ImageNet's).
       norm = {k: tuple(self.config.data[k]) for k in ('mean', 'std')
               if self.config.data.get(k) is not None}
