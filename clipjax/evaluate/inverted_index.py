@@ -4,8 +4,8 @@ Items are stored by word: for every word, the items that activate it and their w
 (CSR over the vocabulary). A query touches only the posting lists of its own active words,
 so its cost is the summed length of those lists, not items x vocabulary as in dense
 retrieval. Scores are the dot products of the stored (sparsified) vectors, accumulated in
-float64: the top k equal dense retrieval's over the same vectors, ties broken by the lower
-item id in both.
+float64: the top k equal dense retrieval's over the same vectors up to the order of
+summation (exactly, where products are representable), ties broken by the lower item id.
 `benchmarks/sparse_retrieval.py` times it against dense retrieval.
 """
 import numpy as np
@@ -58,7 +58,7 @@ class InvertedIndex:
     out = np.zeros(self.num_items, np.float64)
     for word in np.flatnonzero(query):
       start, end = self.offsets[word], self.offsets[word + 1]
-      out[self.items[start:end]] += query[word] * self.weights[start:end]  # ids unique per list
+      out[self.items[start:end]] += np.float64(query[word]) * self.weights[start:end]  # ids unique per list
     return out
 
   def search(self, queries: np.ndarray, k: int = 10) -> np.ndarray:

@@ -7,6 +7,7 @@ _METHODS = {
     'aclip': 'clipjax.methods.aclip',
     'clip': 'clipjax.methods.clip',
     'flame': 'clipjax.methods.flame',
+    'lexvla': 'clipjax.methods.lexvla',
     'nmtune': 'clipjax.methods.nmtune',
     'protoclip': 'clipjax.methods.protoclip',
     'siglip': 'clipjax.methods.siglip',

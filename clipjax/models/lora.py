@@ -4,7 +4,9 @@ The model is left as it is: adapters live in their own tree beside the frozen pa
 `merge` returns params with W + (alpha / rank) * A @ B in place of every adapted kernel, so
 `model.apply(merge(frozen, adapters, ...))` is the adapted model and gradients reach the
 adapters only. Merging costs one rank-r product per kernel per step (nothing beside a
-7B decoder's forward), and the merged model is what export or serving would keep.
+decoder's forward) but materialises each adapted kernel, and in the backward pass its
+gradient, at full size, one layer's worth at a time under XLA's scheduling at best: for a
+7B model shard the frozen params (fsdp) rather than replicate them.
 
 A rule is `(regex, in_axes)`: a kernel whose '/'-joined name matches is read as a matrix
 [prod(shape[:in_axes]), prod(shape[in_axes:])] (DenseGeneral kernels keep heads on their
