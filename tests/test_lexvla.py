@@ -193,6 +193,14 @@ def test_lexvla_trains_and_evaluates(tmp_path, tiny_llm_folder):
     assert (v >= 0).all() and (count >= 1).all() and (count <= 4).all()
     assert v[v > 0].min() >= 1 / np.sqrt(len(method.words))
   assert len(method.top_words(texts, 3)[0]) == 3
+  # The inverted index finds the same top 10 as dense retrieval over these vectors.
+  src = shapes.ShapesSource('train', 40, 32, seed=9)
+  items = np.asarray(view.encode_image(view.variables, np.stack(
+      [(src[i]['image'] / 255.0 - 0.45) / 0.27 for i in range(40)]).astype(np.float32)))
+  queries = view.embed_texts(view.variables, src.captions(), 'captions')
+  found = inverted_index.InvertedIndex(items).search(queries, 10)
+  np.testing.assert_array_equal(found, inverted_index.top_k_rows(
+      queries.astype(np.float64) @ items.astype(np.float64).T, 10))
 
 
 def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
