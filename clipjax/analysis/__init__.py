@@ -16,6 +16,22 @@ def write_results(rows: list, workdir, markdown, plot, figure: str) -> None:
   plot(rows, workdir / figure)
 
 
+def show_results(rows: list, workdir, markdown, plot, figure: str) -> None:
+  """`write_results`, then the table and where the files went, on stdout."""
+  workdir = Path(workdir)
+  write_results(rows, workdir, markdown, plot, figure)
+  print(markdown(rows))
+  print(f'results: {workdir / "results.md"}, {workdir / figure}')
+
+
+def seed_cell(values, digits: int = 3) -> str:
+  """A table cell of per-seed values: 'mean (v0, v1, ...)', or the value alone for one."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = np.asarray(values, np.float64)
+  text = ', '.join(f'{v:.{digits}f}' for v in values)
+  return text if len(values) == 1 else f'{values.mean():.{digits}f} ({text})'
+
+
 def run_cli(run, show, what: str) -> None:
   """The command line of an analysis: --config (ml_collections) and --workdir, defined
   here when run (tests import several analyses into one process); then

@@ -87,11 +87,6 @@ def run_study(study, workdir) -> list:
   return rows
 
 
-def _cell(values) -> str:
-  values = np.asarray(values, np.float64)
-  return f'{values.mean():.3f} ({", ".join(f"{v:.3f}" for v in values)})'
-
-
 def markdown(rows: list) -> str:
   seeds = sorted({r['seed'] for r in rows})
   lines = [f'Seeds {seeds}, {rows[0]["steps"]} steps each: mean (per seed).', '',
@@ -99,7 +94,7 @@ def markdown(rows: list) -> str:
            '|---|' + '---|' * len(METRICS)]
   for name in ('flame', 'clip'):
     mine = [r for r in rows if r['method'] == name]
-    lines.append(f'| {name} | ' + ' | '.join(_cell([r[m] for r in mine]) for m in METRICS) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(analysis.seed_cell([r[m] for r in mine]) for m in METRICS) + ' |')
   return '\n'.join(lines) + '\n'
 
 
@@ -120,9 +115,7 @@ def plot(rows: list, path: Path) -> None:
 
 
 def show(rows: list, workdir: Path) -> None:
-  analysis.write_results(rows, workdir, markdown, plot, 'flame_study.png')
-  print(markdown(rows))
-  print(f'results: {workdir / "results.md"}, {workdir / "flame_study.png"}')
+  analysis.show_results(rows, workdir, markdown, plot, 'flame_study.png')
 
 
 if __name__ == '__main__':

@@ -125,12 +125,6 @@ def run_study(study, workdir) -> list:
   return rows
 
 
-def _cell(values, digits=2) -> str:
-  values = np.asarray(values, np.float64)
-  text = ', '.join(f'{v:.{digits}f}' for v in values)
-  return text if len(values) == 1 else f'{values.mean():.{digits}f} ({text})'
-
-
 def markdown(rows: list) -> str:
   seeds = [r['seed'] for r in rows]
   lines = [f'Seeds {seeds}: mean (per seed). r: Pearson of the binned curve (the paper\'s '
@@ -142,18 +136,18 @@ def markdown(rows: list) -> str:
   for kind in KINDS:
     fits = [r['fits'][kind] for r in rows]
     truth = [r['agreement_with_truth'].get(kind, {}) for r in rows]
-    lines.append(f'| {kind} | {_cell([f["pearson_binned"] for f in fits])} | '
-                 f'{_cell([f["spearman"] for f in fits])} | '
-                 f'{_cell([f["slope"] for f in fits], 3)} | ' + ' | '.join(
-                     _cell([t.get(m, np.nan) for t in truth])
+    lines.append(f'| {kind} | {analysis.seed_cell([f["pearson_binned"] for f in fits], 2)} | '
+                 f'{analysis.seed_cell([f["spearman"] for f in fits], 2)} | '
+                 f'{analysis.seed_cell([f["slope"] for f in fits], 3)} | ' + ' | '.join(
+                     analysis.seed_cell([t.get(m, np.nan) for t in truth], 2)
                      for m in ('precision', 'recall', 'spearman')) + ' |')
   lines += ['', f'Long tail ({len(rows[0]["tail_classes"])} rarest classes by '
             f'{rows[0]["frequency"]} frequency) against the as many most frequent, '
             'zero-shot top-1:', '', '| set | top-1 |', '|---|---|',
-            f'| tail | {_cell([r["tail_top1"] for r in rows], 3)} |',
-            f'| head | {_cell([r["head_top1"] for r in rows], 3)} |', '',
+            f'| tail | {analysis.seed_cell([r["tail_top1"] for r in rows], 3)} |',
+            f'| head | {analysis.seed_cell([r["head_top1"] for r in rows], 3)} |', '',
             'Misalignment degree (pairs with concepts on both sides but none in common, of '
-            f'the samples counted): {_cell([r["misaligned"]["fraction"] for r in rows], 4)}']
+            f'the samples counted): {analysis.seed_cell([r["misaligned"]["fraction"] for r in rows], 4)}']
   return '\n'.join(lines) + '\n'
 
 

@@ -142,11 +142,6 @@ def run_study(study, workdir) -> list:
   return rows
 
 
-def _cell(values) -> str:
-  values = np.asarray(values, np.float64)
-  return f'{values.mean():.3f} ({", ".join(f"{v:.3f}" for v in values)})'
-
-
 def markdown(rows: list) -> str:
   seeds = sorted({r['seed'] for r in rows})
   runs = list(dict.fromkeys(r['run'] for r in rows))
@@ -157,7 +152,7 @@ def markdown(rows: list) -> str:
   for name in runs:
     mine = [r for r in rows if r['run'] == name]
     lines.append(f'| {name} | ' + ' | '.join(
-        _cell([r[m] for r in mine]) if m in mine[0] else '-' for m in metrics) + ' |')
+        analysis.seed_cell([r[m] for r in mine]) if m in mine[0] else '-' for m in metrics) + ' |')
   lexical = [r for r in rows if 'sparsity' in r]
   if lexical:
     vocab = lexical[0]['vocabulary']
@@ -169,7 +164,7 @@ def markdown(rows: list) -> str:
       for setting in (mine[0]['sparsity'] if mine else {}):
         cells = [[r['sparsity'][setting][k] for r in mine]
                  for k in ('image_words', 'text_words', 'i2t_R@1', 't2i_R@1')]
-        lines.append(f'| {name} | {setting} | ' + ' | '.join(_cell(c) for c in cells) + ' |')
+        lines.append(f'| {name} | {setting} | ' + ' | '.join(analysis.seed_cell(c) for c in cells) + ' |')
     lines += ['', 'Top 4 words of single-object images (seed %d, %s):' % (
         lexical[0]['seed'], lexical[0]['run']), '']
     lines += [f'- {e}' for e in lexical[0]['top_words_example']]
@@ -194,9 +189,7 @@ def plot(rows: list, path: Path) -> None:
 
 
 def show(rows: list, workdir: Path) -> None:
-  analysis.write_results(rows, workdir, markdown, plot, 'lexvla_study.png')
-  print(markdown(rows))
-  print(f'results: {workdir / "results.md"}, {workdir / "lexvla_study.png"}')
+  analysis.show_results(rows, workdir, markdown, plot, 'lexvla_study.png')
 
 
 if __name__ == '__main__':
