@@ -231,6 +231,27 @@ def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
     np.testing.assert_array_equal(a, b)
 
 
+def test_backbone_from_a_clip_checkpoint(tmp_path, tiny_llm_folder):
+  """The recipe's frozen backbone: a CLIP's image tower read by `init_from`, its head
+  (ln_post, proj) dropped only when the entry says so."""
+  from clipjax import convert, models  # pylint: disable=g-import-not-at-top
+  from clipjax.convert import load, native  # pylint: disable=g-import-not-at-top
+  clip = models.build_clip('tiny', image_size=32, patch_size=8, context_length=24, vocab_size=512)
+  params = nn.unbox(clip.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                              jnp.zeros((1, 24), jnp.int32))['params'])
+  native.save(clip, params, str(tmp_path / 'clip'), None)
+  method = lexvla.LexVLA(_config(tiny_llm_folder))
+  ours = method.init(jax.random.PRNGKey(1))['params']
+  entry = dict(target='visual', src=str(tmp_path / 'clip'), subtree='visual')
+  with pytest.raises(convert.CheckpointError, match='proj: not in target'):
+    convert.init_params(ours, [entry])
+  loaded = convert.init_params(ours, [dict(entry, ignore=('ln_post/.*', 'proj'))])
+  theirs = load.flat(params['visual'])
+  for name, value in load.flat(loaded['visual']).items():
+    np.testing.assert_array_equal(value, theirs[name])
+  np.testing.assert_array_equal(loaded['image_codebook'], nn.unbox(ours)['image_codebook'])
+
+
 @pytest.mark.slow
 def test_quickstart_learns_words_that_name_the_scene(tmp_path):
   """The study's setting, shortened (the LLM 200 steps, LexVLA 300): images' top words
