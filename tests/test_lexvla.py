@@ -9,7 +9,7 @@ import pytest
 
 from clipjax.config_base import load_config
 from clipjax.convert import llama as convert_llama
-from clipjax.data import shapes
+from clipjax.data import shapes, transforms
 from clipjax.evaluate import inverted_index, patchdis
 from clipjax.methods import lexvla
 from clipjax.models import lora
@@ -201,8 +201,8 @@ def test_lexvla_trains_and_evaluates(tmp_path, tiny_llm_folder):
   assert len(method.top_words(texts, 3)[0]) == 3
   # The inverted index finds the same top 10 as dense retrieval over these vectors.
   src = shapes.ShapesSource('train', 40, 32, seed=9)
-  items = np.asarray(view.encode_image(view.variables, np.stack(
-      [(src[i]['image'] / 255.0 - 0.45) / 0.27 for i in range(40)]).astype(np.float32)))
+  items = np.asarray(view.encode_image(view.variables, transforms.normalize(
+      np.stack([src[i]['image'] for i in range(40)]))))
   queries = view.embed_texts(view.variables, src.captions(), 'captions')
   found = inverted_index.InvertedIndex(items).search(queries, 10)
   np.testing.assert_array_equal(found, inverted_index.top_k_rows(

@@ -103,8 +103,7 @@ def lexical_statistics(method, state, image_size: int, num_images: int = 200) ->
   """On single-object images: words active per image (>= 1/sqrt(V), no top-k cap); the
   fraction whose top 4 words hold their colour and shape."""
   task = shapes.single_objects('train', shapes.TRAIN_COMBOS, image_size, num_images, seed=5)
-  images = ((task[0].astype(np.float32) / 255 - np.asarray(transforms.CLIP_MEAN))
-            / np.asarray(transforms.CLIP_STD)).astype(np.float32)
+  images = transforms.normalize(task[0])
   vectors = np.asarray(method.model.apply({'params': state.variables()['params']}, images,
                                           method='encode_image'))
   active = vectors >= method.threshold

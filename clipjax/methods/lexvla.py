@@ -254,14 +254,11 @@ class LexVLA(Method):
 
   # ------------------------------------------------------------------ data
 
-  def prompt_transform(self):
+  def transform(self):
     c = self.config
     images = transforms.ImageText.from_config(c.data, tokenizer=None, context_length=0,
                                               image_size=c.model.image_size)
     return LexicalPrompts(images, self.prompts, int(c.llm.max_length))
-
-  def transform(self):
-    return self.prompt_transform()
 
   def example_batch(self, batch_size: int = 1) -> dict:
     s, length = self.config.model.image_size, int(self.config.llm.max_length)
@@ -383,12 +380,11 @@ class LexicalTexts:
   (retrieval captions and zero-shot class prompts are prompted alike)."""
 
   def __init__(self, method: LexVLA):
-    self.method = method
+    self.method, self.prompts = method, method.transform()
 
   def __call__(self, variables, texts, purpose: str) -> np.ndarray:
     del purpose
-    method, out = self.method, []
-    prompts = method.prompt_transform()
+    method, prompts, out = self.method, self.prompts, []
     size = int(method.config.lexvla.eval_batch_size)
     for start in range(0, len(texts), size):
       chunk = list(texts[start:start + size])
