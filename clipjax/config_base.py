@@ -46,7 +46,8 @@ def base_config() -> ConfigDict:
 
 
 def synthetic_data(train_num_samples: int) -> ConfigDict:
-  return ConfigDict(dict(format='synthetic', train='', train_num_samples=train_num_samples,
+  return ConfigDict(dict(format='synthetic', train='', subset='',
+                         train_num_samples=train_num_samples,
                          synthetic_split='train', digit_fraction=0.0, zipf=0.0,
                          caption_style='short',
                          num_workers=0, augment=dict(scale=(0.9, 1.0)), shuffle_buffer=1000,
@@ -124,6 +125,8 @@ MEANING = {
                    'data.image_set: clipjax.evaluate.datasets.load_part arguments) or '
                    'features (an .npz of features and labels in data.train)',
     'data.train': 'shards as a brace pattern or list, or the csv/array_record path',
+    'data.subset': 'a subset manifest (clipjax/data/manifest.py, e.g. TL;DR\'s): train on '
+                   'the samples it keeps',
     'data.train_num_samples': 'samples of the synthetic source',
     'data.digit_fraction': 'share of drawn digits among the synthetic shapes',
     'data.synthetic_split': "synthetic shapes: 'train' (held-out pairs left out) or 'all' pairs",

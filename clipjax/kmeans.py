@@ -92,9 +92,10 @@ def _lloyd(x, valid, c, *, k, iterations, point_tile, centroid_tile, axes):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(mesh, spec, k, iterations, point_tile, centroid_tile):
-  """The jitted Lloyd run for one problem shape (episodes reuse it)."""
-  axes = tuple(spec[0]) if spec and spec[0] else ()
+def _compiled(mesh, axes, k, iterations, point_tile, centroid_tile):
+  """The jitted Lloyd run for one problem shape (episodes reuse it); the points are split
+  over the mesh axes `axes` (a tuple: PartitionSpec writes a single axis as its name)."""
+  spec = P(axes) if axes else P()
   return jax.jit(jax.shard_map(
       functools.partial(_lloyd, k=k, iterations=iterations, point_tile=point_tile,
                         centroid_tile=centroid_tile, axes=axes),
@@ -141,7 +142,7 @@ def kmeans(points, k: int, *, iterations: int = 20, restarts: int = 1, init='ran
   valid = np.arange(len(x)) < n
   padded_k = -(-k // centroid_tile) * centroid_tile
   spec = P(axes) if axes else P()
-  run = _compiled(mesh, spec, k, iterations, point_tile, centroid_tile)
+  run = _compiled(mesh, axes, k, iterations, point_tile, centroid_tile)
   placement = jax.sharding.NamedSharding(mesh, spec)
   x_dev, valid_dev = (jax.make_array_from_callback(a.shape, placement, lambda i, a=a: a[i])
                       for a in (x, valid))

@@ -50,3 +50,25 @@ def run_notebook(monkeypatch):
                             resources={'metadata': {'path': str(ROOT / 'notebooks')}}).execute()
     return notebook
   return run
+
+
+def assert_accumulation_and_resume_exact(trainer, atol: float = 2e-5) -> None:
+  """`trainer(name, **overrides)` -> a Trainer of a 4-step run in its own workdir:
+  accumulating 4 micro-batches takes the unsplit steps (to `atol`), and a run stopped at
+  step 2 resumes to the uninterrupted one bit for bit."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  whole = trainer('whole')
+  whole.train()
+  first = trainer('split', stop_at_step=2)
+  first.train()
+  accum = trainer('accum', stop_at_step=2, grad_accum_steps=4)
+  accum.train()
+  for a, b in zip(jax.tree_util.tree_leaves(first.state.params),
+                  jax.tree_util.tree_leaves(accum.state.params)):
+    np.testing.assert_allclose(a, b, atol=atol)
+  rest = trainer('split')
+  rest.train()
+  for a, b in zip(jax.tree_util.tree_leaves(whole.state.params),
+                  jax.tree_util.tree_leaves(rest.state.params)):
+    np.testing.assert_array_equal(a, b)

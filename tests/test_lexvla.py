@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_accumulation_and_resume_exact
 
 from clipjax.config_base import load_config
 from clipjax.convert import llama as convert_llama
@@ -215,20 +216,7 @@ def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
   from clipjax.train import loop  # pylint: disable=g-import-not-at-top
   run = lambda name, **kw: loop.Trainer(_config(tiny_llm_folder, total_steps=4,
                                                 checkpoint_every=4, **kw), tmp_path / name)
-  whole = run('whole')
-  whole.train()
-  first = run('split', stop_at_step=2)
-  first.train()
-  accum = run('accum', stop_at_step=2, grad_accum_steps=4)
-  accum.train()
-  for a, b in zip(jax.tree_util.tree_leaves(first.state.params),
-                  jax.tree_util.tree_leaves(accum.state.params)):
-    np.testing.assert_allclose(a, b, atol=2e-5)
-  rest = run('split')
-  rest.train()
-  for a, b in zip(jax.tree_util.tree_leaves(whole.state.params),
-                  jax.tree_util.tree_leaves(rest.state.params)):
-    np.testing.assert_array_equal(a, b)
+  assert_accumulation_and_resume_exact(run)
 
 
 def test_backbone_from_a_clip_checkpoint(tmp_path, tiny_llm_folder):

@@ -4,6 +4,7 @@
       --captions captions.csv [--img-key filepath --caption-key title]
   python -m clipjax.data.make_shards --out data/shapes --synthetic 10000 --image-size 64 \\
       [--digit-fraction 0.4]   # the quickstart's mix of shapes and drawn digits
+      [--misaligned 0.2 --duplicates 0.1]   # injected noise (TL;DR's study)
 
 Each sample becomes KEY.jpg|png|webp (original bytes, not re-encoded), KEY.txt and
 KEY.json ({'key', 'caption', 'source'}). Without --captions, an image's caption is
@@ -18,6 +19,7 @@ import os
 import shlex
 import sys
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -65,18 +67,55 @@ def folder_members(images: str, pairs):
                                            'source': path})}
 
 
+def injected_noise(num: int, misaligned: float, duplicates: float, group: int,
+                   seed: int) -> tuple:
+  """Where samples are corrupted, as web data is -> (image_of [N], caption_of [N], noise
+  [N] of 'clean' | 'misaligned' | 'duplicate'): round(duplicates * N) samples are exact
+  copies (image and caption) of originals, `group` copies each; round(misaligned * N)
+  other samples pass their captions one step around a cycle among themselves."""
+  for name, value in (('misaligned', misaligned), ('duplicates', duplicates)):
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f'--{name} must be in [0, 1), got {value}')
+  rng = np.random.default_rng([seed, 0x7D1])
+  image_of, caption_of = np.arange(num), np.arange(num)
+  noise = np.full(num, 'clean', object)
+  copies = round(duplicates * num)
+  originals = -(-copies // max(1, group))
+  misaligned = round(misaligned * num)
+  if misaligned == 1:
+    raise ValueError(f'--misaligned {misaligned / num} swaps one caption, with itself: give 0 '
+                     'or a share of at least two samples')
+  if originals + copies + misaligned > num:
+    raise ValueError(f'--duplicates {duplicates} and --misaligned {misaligned / num} leave '
+                     f'no room in {num} samples')
+  order = rng.permutation(num)
+  copy_at, original = order[originals:originals + copies], order[:originals]
+  image_of[copy_at] = caption_of[copy_at] = original[np.arange(copies) % max(1, originals)]
+  noise[copy_at] = 'duplicate'
+  swapped = np.sort(order[originals + copies:originals + copies + misaligned])
+  caption_of[swapped] = np.roll(swapped, 1)
+  noise[swapped] = 'misaligned'
+  return image_of, caption_of, noise
+
+
 def synthetic_members(num: int, image_size: int, seed: int, image_format: str,
-                      digit_fraction: float = 0.0):
+                      digit_fraction: float = 0.0, misaligned: float = 0.0,
+                      duplicates: float = 0.0, duplicate_group: int = 4):
+  """Shapes samples; with injected noise, each json also says which ('noise', 'copy_of')."""
   from clipjax.data import shapes  # pylint: disable=g-import-not-at-top
   source = shapes.ShapesSource('train', num, image_size, seed, digit_fraction=digit_fraction)
+  image_of, caption_of, noise = injected_noise(num, misaligned, duplicates, duplicate_group,
+                                               seed)
   for i in range(num):
-    record = source[i]
+    record = source[int(image_of[i])]
+    caption = record['caption'] if caption_of[i] == image_of[i] else source.caption(caption_of[i])
     buf = io.BytesIO()
     Image.fromarray(record['image']).save(buf, format='JPEG' if image_format == 'jpg'
                                           else image_format.upper(), quality=95)
-    yield f'{i:09d}', {image_format: buf.getvalue(), 'txt': record['caption'],
-                       'json': json.dumps({'key': f'{i:09d}', 'caption': record['caption'],
-                                           'index': i})}
+    meta = {'key': f'{i:09d}', 'caption': caption, 'index': i}
+    if misaligned or duplicates:
+      meta.update(noise=noise[i], copy_of=int(image_of[i]))
+    yield f'{i:09d}', {image_format: buf.getvalue(), 'txt': caption, 'json': json.dumps(meta)}
 
 
 def write(members, total: int, out: str, shard_size: int, fmt: str, progress=True) -> str:
@@ -116,6 +155,12 @@ def main(argv=None) -> str:
   parser.add_argument('--image-size', type=int, default=64)
   parser.add_argument('--digit-fraction', type=float, default=0.0,
                       help='with --synthetic: share of samples that are drawn digits')
+  parser.add_argument('--misaligned', type=float, default=0.0,
+                      help='with --synthetic: share of samples given another one\'s caption')
+  parser.add_argument('--duplicates', type=float, default=0.0,
+                      help='with --synthetic: share of samples that are exact copies of others')
+  parser.add_argument('--duplicate-group', type=int, default=4,
+                      help='copies made of each duplicated original')
   parser.add_argument('--image-format', default='jpg', choices=['jpg', 'png', 'webp'])
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--shard-size', type=int, default=1000)
@@ -125,7 +170,8 @@ def main(argv=None) -> str:
     parser.error('give exactly one of --images or --synthetic')
   if args.synthetic:
     members = synthetic_members(args.synthetic, args.image_size, args.seed, args.image_format,
-                                args.digit_fraction)
+                                args.digit_fraction, args.misaligned, args.duplicates,
+                                args.duplicate_group)
     total = args.synthetic
   else:
     pairs = folder_samples(args.images, args.captions, args.img_key, args.caption_key)

@@ -19,7 +19,7 @@ from absl import flags
 import grain
 import numpy as np
 
-from clipjax.data import sources
+from clipjax.data import manifest, sources
 from clipjax.data.sources import SKIP_KEY
 
 log = logging.getLogger(__name__)
@@ -394,12 +394,20 @@ def _plain(value):
 
 
 def make_source(data_config, *, image_size: int | None = None, seed: int | None = None):
-  """The training source a data config names. Keys: format (synthetic | wds |
-  array_record | csv | image_set | features), train (pattern or path),
+  """The training source a data config names, restricted to the samples a manifest keeps
+  when `subset` names one (`clipjax.data.manifest`). Keys: format (synthetic | wds |
+  array_record | csv | image_set | features), train (pattern or path), subset,
   train_num_samples, image_size, seed, caption_key, caption_style (synthetic), csv_img_key, csv_caption_key,
   csv_separator, extra_columns, image_set (`clipjax.evaluate.datasets.load_part`
   arguments: a labelled set's part).
   Keyword arguments override the config's image_size and seed."""
+  source = _make_source(data_config, image_size=image_size, seed=seed)
+  if data_config.get('subset'):
+    source = manifest.Subset(source, data_config.get('subset'))
+  return source
+
+
+def _make_source(data_config, *, image_size, seed):
   get = data_config.get
   fmt = get('format', 'synthetic')
   image_size = image_size or get('image_size', 32)

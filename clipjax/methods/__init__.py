@@ -12,6 +12,7 @@ _METHODS = {
     'protoclip': 'clipjax.methods.protoclip',
     'siglip': 'clipjax.methods.siglip',
     'tinyclip': 'clipjax.methods.tinyclip',
+    'tldr_captioner': 'clipjax.methods.tldr',
 }
 
 

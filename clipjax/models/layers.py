@@ -104,15 +104,18 @@ class MultiHeadAttention(nn.Module):
 
   When the 'intermediates' collection is mutable, the first query's attention weights
   [B, H, T] are sown as `cls_attention` (A-CLIP's relevance score): one row, computed
-  beside the kernel, so no implementation materialises the [T, T] map for it."""
+  beside the kernel, so no implementation materialises the [T, T] map for it.
+  With `context` [B, S, C] it is cross-attention: keys and values come from the context
+  (a captioner's decoder reading image tokens)."""
   heads: int
   dtype: Dtype = jnp.float32
   implementation: str = 'xla'
   head_dim: Optional[int] = None
 
   @nn.compact
-  def __call__(self, x, mask=None, *, keep=None, causal: bool = False, head_mask=None):
-    """mask: broadcasts to [B, H, Tq, Tk]; keep: [B, T] bool keys to attend to;
+  def __call__(self, x, mask=None, *, keep=None, causal: bool = False, head_mask=None,
+               context=None):
+    """mask: broadcasts to [B, H, Tq, Tk]; keep: [B, Tk] bool keys to attend to;
     head_mask: [H] multiplies each head's output before the output projection."""
     width = x.shape[-1]
     head_dim = self.head_dim or width // self.heads
@@ -120,12 +123,15 @@ class MultiHeadAttention(nn.Module):
         (self.heads, head_dim), dtype=self.dtype, name=name,
         kernel_init=logical_param(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
         bias_init=logical_param(nn.initializers.zeros, ('heads', 'kv')))
-    q, k, v = proj('query')(x), proj('key')(x), proj('value')(x)
+    if context is not None and causal:
+      raise ValueError('MultiHeadAttention: cross-attention (context=) is not causal')
+    source = x if context is None else context
+    q, k, v = proj('query')(x), proj('key')(source), proj('value')(source)
     if self.heads and self.is_mutable_collection('intermediates'):
       self.sow('intermediates', 'cls_attention', first_query_weights(q, k, mask, keep, causal))
     if self.heads == 0:
       out = q
-    elif self.implementation == 'xla':
+    elif self.implementation == 'xla' or context is not None:
       length = x.shape[1]
       for extra in (keep[:, None, None, :] if keep is not None else None,
                     jnp.tril(jnp.ones((length, length), bool))[None, None] if causal else None):
