@@ -200,7 +200,8 @@ def score_parts(model: str, source, plan: list, workdir: Path, batch_size: int,
   _sync('scores written')
 
 
-def _read(workdir: Path, stage: str, plan: list, key: str) -> tuple:
+def read_parts(workdir: Path, stage: str, plan: list, key: str) -> tuple:
+  """(values, valid) of a per-sample pass, concatenated over its parts."""
   values, valid = [], []
   for n in range(len(plan)):
     with np.load(_part(workdir, stage, n)) as part:
@@ -403,8 +404,8 @@ def run(config, workdir) -> dict:
             disable=jax.process_index() != 0) as bar:
     code_parts(trainer, state, plan, workdir, bar)
   score_parts(str(model), source, plan, workdir, int(config.get('batch_size', 256)))
-  codes, codes_valid = _read(workdir, 'codes', plan, 'codes')
-  scores, scores_valid = _read(workdir, 'scores', plan, 'scores')
+  codes, codes_valid = read_parts(workdir, 'codes', plan, 'codes')
+  scores, scores_valid = read_parts(workdir, 'scores', plan, 'scores')
   chosen = select(config, codes, codes_valid, scores, scores_valid, trainer.mesh)
   kept = np.flatnonzero(chosen['keep'])
   summary = dict(num_samples=len(source), data=config.data.get('train', ''), kept=len(kept), kept_fraction=len(kept) / len(source),

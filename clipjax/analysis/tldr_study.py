@@ -12,7 +12,9 @@
    TL;DR subset (its manifest), the TL;DR subset with its new captions (its shards), the
    random subset; evaluated alike (zero-shot on held-out shape/colour pairs).
 Each arm's share of the injected duplicates and misaligned pairs removed is counted
-from the json. Finished runs are read back, not repeated (a changed config needs another
+from the json, and so is that of other selections (`selections`: representation and
+per-cluster rule, e.g. the release's ids and stride) from the reduction's stored codes and
+scores, without training on them. Finished runs are read back, not repeated (a changed config needs another
 workdir). Writes results.json, results.md and tldr_study.png.
 """
 import json
@@ -23,7 +25,7 @@ from ml_collections import ConfigDict
 
 from clipjax import analysis
 from clipjax.analysis import tldr
-from clipjax.data import make_shards, manifest, pipeline
+from clipjax.data import make_shards, manifest, parts, pipeline
 from clipjax.train import loop
 
 METRICS = {'shapes_shape/zeroshot_top1': 'zero-shot shape',
@@ -109,7 +111,25 @@ def run_study(study, workdir) -> list:
       results = loop.train(config, workdir / f'seed{seed}' / name.replace(' ', '_').replace(';', ''))
       rows.append(dict(seed=int(seed), arm=name, steps=int(config.total_steps), **rates[name],
                        **{m: float(results[m]) for m in METRICS if m in results}))
+  rows += selection_variants(reduction, workdir / 'reduction', source, kinds, originals,
+                             study.selections)
   rows.append(dict(arm='reduction', **{k: v for k, v in summary.items() if k != 'selection'}))
+  return rows
+
+
+def selection_variants(reduction, folder: Path, source, kinds, originals, variants) -> list:
+  """Removal rates of other selections over the same codes and alignment scores."""
+  from clipjax import sharding  # pylint: disable=g-import-not-at-top
+  plan = parts.plan_parts(source, int(reduction.part_size))
+  codes, codes_valid = tldr.read_parts(folder, 'codes', plan, 'codes')
+  scores, scores_valid = tldr.read_parts(folder, 'scores', plan, 'scores')
+  rows = []
+  for representation, rule in variants:
+    config = ConfigDict(reduction.to_dict())
+    config.selection.representation, config.selection.per_cluster = representation, rule
+    chosen = tldr.select(config, codes, codes_valid, scores, scores_valid, sharding.make_mesh())
+    rows.append(dict(arm='selection', representation=representation, per_cluster=rule,
+                     **removal(chosen['keep'], kinds, originals)))
   return rows
 
 
@@ -125,6 +145,13 @@ def markdown(rows: list) -> str:
     mine = [r for r in runs if r['arm'] == arm]
     lines.append(f'| {arm} | ' + ' | '.join(f'{mine[0][k]:.3f}' for k in rates) + ' | ' + ' | '.join(
         analysis.seed_cell([r[m] for r in mine]) for m in METRICS) + ' |')
+  variants = [r for r in rows if r['arm'] == 'selection']
+  if variants:
+    lines += ['', 'Other selections over the same codes and scores (removal only):', '',
+              '| representation | per cluster | kept | misaligned removed | duplicates removed | '
+              'redundant copies removed |', '|---|---|---|---|---|---|']
+    lines += [f'| {r["representation"]} | {r["per_cluster"]} | ' + ' | '.join(
+        f'{r[k]:.3f}' for k in rates) + ' |' for r in variants]
   summary = next((r for r in rows if r['arm'] == 'reduction'), None)
   if summary and summary.get('examples'):
     lines += ['', 'Recaptioned samples (original; generated):', '']
