@@ -43,7 +43,7 @@ def captioner_config() -> ConfigDict:
   # release's starts from DeiT) and stays frozen: training it, the codes collapsed onto
   # one or two codewords within 100 steps (usage 1/256, from scratch or from the CLIP
   # tower), before the decoder had learnt to read them; frozen, 40-45% of the 256 codes
-  # are in use (perplexity ~70) at step 400.
+  # are in use (perplexity ~70) at step 400, 45% (77) at step 1,500.
   c.optim.rules = (dict(match='(visual|ln_post)/.*', frozen=True),)
   c.data = data_config()
   return c

@@ -48,7 +48,7 @@ def test_vector_quantizer_equals_numpy(legacy):
   np.testing.assert_allclose(gc['codebook'], expected, rtol=1e-4, atol=1e-7)
 
 
-def _captioner_config(tmp_path=None, **overrides):
+def _captioner_config(**overrides):
   c = load_config('configs/tldr_quickstart.py').captioner
   c.data = load_config('configs/quickstart.py').data
   c.data.train_num_samples, c.tokenizer.train_captions = 256, 256
@@ -150,6 +150,30 @@ def test_beam_search_of_a_batch_equals_each_example_alone():
                         num_beams=beams)
     np.testing.assert_array_equal(together[b], alone[0])
   assert len({tuple(np.asarray(row)) for row in together}) > 1
+
+
+def test_beam_search_bars_spare_rows_and_finishes_only_top_ranked_endings():
+  vocab, length = 6, 4
+  table = np.full((vocab, length, vocab), -5.0)
+  table[:, :, 5] = 10.0  # the best token is a spare row of a padded table: never generated
+  table[:, :, 3] = 1.0
+  got = beam_search(_table_decoder(table), 1, length, sot=SOT, eot=EOT, pad=PAD, num_beams=2,
+                    vocab_size=5)
+  assert 5 not in np.asarray(got[0])
+  # One beam: at the first step eot ranks second of two candidates, so (as Hugging Face's)
+  # it does not finish, although it would score best.
+  table = np.zeros((vocab, length, vocab))  # uniform after the first token
+  table[SOT, 0] = -9.0
+  table[SOT, 0, 3], table[SOT, 0, EOT] = 0.0, -0.01
+  got = beam_search(_table_decoder(table), 1, length, sot=SOT, eot=EOT, pad=PAD, num_beams=1)
+  np.testing.assert_array_equal(got[0], [SOT, 3, EOT, PAD])  # not [SOT, EOT] (-0.698 < -1.24)
+
+
+def test_outputs_of_another_selection_are_replaced(tmp_path):
+  folder = tldr._stage(tmp_path / 'captions', dict(kept='a'))
+  (folder / '000000.npz').write_bytes(b'x')
+  assert (tldr._stage(tmp_path / 'captions', dict(kept='a')) / '000000.npz').exists()
+  assert not (tldr._stage(tmp_path / 'captions', dict(kept='b')) / '000000.npz').exists()
 
 
 def test_per_cluster_stride_is_the_release_range_and_quota_takes_distinct_codes_first():

@@ -21,8 +21,8 @@ Over `config.data` (a random-access source: array_record, csv or synthetic), in 
  4. manifest.json (`clipjax.data.manifest`, what `data.subset` reads): per image a
     representation of its codes, PCA-whitened to `pca_dim` (faiss's eigen_power -0.5)
     and L2-normalised, clustered by K-means (`clipjax.kmeans`, on the mesh); in each
-    cluster a share keep_fraction / align_fraction of its members (`per_cluster`), and of
-    those the pairs in the top `align_fraction` by alignment score. The kept share is
+    cluster a share keep_fraction / align_fraction of its members (`per_cluster`), kept
+    where the pair is also among the top `align_fraction` of all pairs by alignment score. The kept share is
     about keep_fraction (the two cuts are independent; the manifest says what it is).
  5. captions/ and shards/ (with `recaption`): beam-searched captions of the kept images
     (`config.captioner.num_beams`, ...), stored as `original<separator>generated` (the
@@ -99,6 +99,10 @@ def _stage(folder: Path, key: dict) -> Path:
   return folder
 
 
+def _plain(node) -> dict:
+  return node.to_dict() if hasattr(node, 'to_dict') else dict(node or {})
+
+
 def _digest(indices: np.ndarray) -> str:
   return hashlib.sha1(np.asarray(indices, np.int64).tobytes()).hexdigest()
 
@@ -170,7 +174,7 @@ def score_parts(model: str, source, plan: list, workdir: Path, batch_size: int,
                 threads: int = 16) -> None:
   """scores/<n>.npz {'scores': f32 [n] image-caption cosine, 'valid'} for this process's
   parts (n = p, p + P, ...) not yet written; images read by `threads` threads, encoded
-  `batch_size` at a time on this process's devices."""
+  `batch_size` at a time on one device of this process."""
   todo = [n for n in range(jax.process_index(), len(plan), jax.process_count())
           if not _part(workdir, 'scores', n).exists()]
   if todo:
@@ -396,6 +400,7 @@ def run(config, workdir) -> dict:
   plan = parts.plan_parts(source, int(config.part_size))
   job = dict(data=config.data.to_dict(), part_size=int(config.part_size),
              vision_from_alignment=bool(config.get('vision_from_alignment')),
+             batch_size=int(config.get('batch_size', 256)),
              captioner=config.captioner.to_dict(), alignment=config.alignment.to_dict())
   parts.check_job(workdir, job, create=True, what='reduction')
   model = alignment_model(config, workdir)
@@ -408,6 +413,8 @@ def run(config, workdir) -> dict:
   scores, scores_valid = read_parts(workdir, 'scores', plan, 'scores')
   chosen = select(config, codes, codes_valid, scores, scores_valid, trainer.mesh)
   kept = np.flatnonzero(chosen['keep'])
+  if not len(kept):
+    raise ValueError(f'the selection kept no samples of {len(source)} ({config.selection})')
   summary = dict(num_samples=len(source), data=config.data.get('train', ''), kept=len(kept), kept_fraction=len(kept) / len(source),
                  unreadable=int(np.sum(~(codes_valid & scores_valid))),
                  in_clusters=int(chosen['clustered'].sum()), aligned=int(chosen['aligned'].sum()),
@@ -425,11 +432,11 @@ def run(config, workdir) -> dict:
   r = config.get('recaption') or {}
   if r.get('enabled', True):
     captions = _stage(workdir / 'captions', dict(kept=_digest(kept), part_size=int(config.part_size),
-                                                 generation=config.captioner.captioner.to_dict()))
+                                                 generation=_plain(config.captioner.get('captioner'))))
     generated = caption_parts(trainer, state, kept, int(config.part_size), captions)
     originals = [_caption_of(source, int(i)) for i in kept]
-    shards = _stage(workdir / 'shards', dict(kept=_digest(kept), recaption=dict(r),
-                                             generation=config.captioner.captioner.to_dict()))
+    shards = _stage(workdir / 'shards', dict(kept=_digest(kept), recaption=_plain(r),
+                                             generation=_plain(config.captioner.get('captioner'))))
     summary['shards'] = write_shards(source, kept, originals, generated, shards,
                                      int(r.get('shard_size', 1000)), r.get('format', 'array_record'),
                                      r.get('separator', '; '))
