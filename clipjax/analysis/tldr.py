@@ -152,9 +152,7 @@ def _part(workdir: Path, stage: str, n: int) -> Path:
 
 def code_parts(trainer, state, plan: list, workdir: Path, bar=None) -> None:
   """codes/<n>.npz {'codes': int32 [n, T], 'valid'} for every part not yet written."""
-  method, c = trainer.method, trainer.config
-  transform = transforms.ImageText(trainer.tokenizer, c.model.context_length,
-                                   c.model.image_size, **_norm(c.data))
+  method, transform = trainer.method, _eval_transform(trainer)
   paths = [_part(workdir, 'codes', n) for n in range(len(plan))]
   for (_, where), path, done in zip(plan, paths, _exist(paths)):
     if not done:
@@ -166,8 +164,13 @@ def code_parts(trainer, state, plan: list, workdir: Path, bar=None) -> None:
   _sync('codes written')
 
 
-def _norm(data) -> dict:
-  return {k: tuple(data[k]) for k in ('mean', 'std') if data.get(k) is not None}
+def _eval_transform(trainer):
+  """The captioner's batches without augmentation (resize and centre crop): what codes
+  and captions are read from."""
+  c = trainer.config
+  norm = {k: tuple(c.data[k]) for k in ('mean', 'std') if c.data.get(k) is not None}
+  return transforms.ImageText(trainer.tokenizer, c.model.context_length, c.model.image_size,
+                              **norm)
 
 
 def score_parts(model: str, source, plan: list, workdir: Path, batch_size: int,
@@ -301,9 +304,7 @@ def select(config, codes: np.ndarray, codes_valid, scores, scores_valid, mesh) -
 
 def caption_parts(trainer, state, kept: np.ndarray, part_size: int, folder: Path) -> list:
   """folder/<n>.npz for parts of the kept indices -> every kept sample's caption."""
-  method, c = trainer.method, trainer.config
-  transform = transforms.ImageText(trainer.tokenizer, c.model.context_length,
-                                   c.model.image_size, **_norm(c.data))
+  method, transform = trainer.method, _eval_transform(trainer)
   chunks = [kept[s:s + part_size] for s in range(0, len(kept), part_size)]
   paths = [folder / f'{n:06d}.npz' for n in range(len(chunks))]
   out = []
