@@ -15,6 +15,8 @@ setup(
     package_data={'clipjax': ['**/*.md', '**/*.json', '**/*.txt']},
     python_requires='>=3.10',
     install_requires=[
+        # <0.11: the GPU Pallas kernels use the Triton lowering, deprecated from JAX 0.11
+        # (clipjax/kernels/README.md, Backends).
         'jax>=0.7,<0.11',
         'flax>=0.11,<0.13',
         'optax>=0.2.5,<0.3',

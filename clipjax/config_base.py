@@ -23,6 +23,7 @@ def base_config() -> ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.loss_implementation = 'auto'
+  c.loss_collective = 'gather'
   c.peak_flops_per_device = 0.0  # for MFU; 0: clipjax/train/throughput.py's table
   # dcn_data: slices (TPU) or processes (GPU) the data axis spans over the network.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
@@ -88,6 +89,8 @@ MEANING = {
     'checkpoint_every': 'steps between checkpoints (also at the end and on Ctrl-C/SIGTERM)',
     'keep_checkpoints': 'checkpoints kept on disk (the newest)',
     'loss_implementation': 'contrastive loss: auto, xla, chunked or pallas (clipjax/kernels)',
+    'loss_collective': 'sharded loss: gather (all-gather columns) or ring (pass blocks; O(B*D) '
+                       'memory split over devices)',
     'peak_flops_per_device': 'the MFU denominator; 0: the device table (dense bf16), on a '
                              'CPU a measured float32 matmul (clipjax/train/throughput.py)',
     'mesh.data': 'data-parallel axis size (-1: the remaining devices)',

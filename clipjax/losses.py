@@ -4,12 +4,15 @@ Embeddings arrive L2-normalised; `logit_scale` is the multiplier itself (exp of 
 learned log-scale, as open_clip passes it). Implementations:
   'xla'      the readable references below; B x B logits, GSPMD gathers columns under jit.
   'chunked'  tiled XLA with custom VJPs (clipjax/kernels/chunked.py): O(B*D) memory.
-  'pallas'   Pallas (Triton) kernels (clipjax/kernels/pallas_losses.py); interpret mode
-             off GPU; the least memory, but slower than 'chunked' on an H100.
+  'pallas'   Pallas kernels (clipjax/kernels/pallas_losses.py): Triton on a GPU, Mosaic
+             on a TPU, interpret mode on a CPU; the least memory, but slower than
+             'chunked' on an H100.
   'auto'     'chunked' everywhere (1024-row tiles on CPU/TPU, 8192 on GPU).
 The lean paths run per device under `shard_map` when a mesh with batch axes (`data`,
-`fsdp`) is passed or set with `jax.set_mesh`; every path equals the single-device loss
-on the global batch. See clipjax/kernels/README.md.
+`fsdp`) is passed or set with `jax.set_mesh`, where `collective` says how columns meet
+rows: 'gather' (all-gather, O(B*D) per device) or 'ring' (blocks passed around the
+devices, O(B*D / devices)); every path equals the single-device loss on the global
+batch. See clipjax/kernels/README.md.
 """
 import jax
 import jax.numpy as jnp
@@ -21,12 +24,13 @@ def _logits(a, b, scale):
   return scale * jnp.einsum('id,jd->ij', a, b, preferred_element_type=jnp.float32)
 
 
-def clip_loss(image_emb, text_emb, logit_scale, *, implementation='auto', mesh=None):
+def clip_loss(image_emb, text_emb, logit_scale, *, implementation='auto', mesh=None,
+              collective='gather'):
   """Symmetric InfoNCE: mean of image->text and text->image cross-entropy."""
-  implementation = fused.resolve(implementation)
+  implementation = fused.resolve(implementation, collective)
   if implementation != 'xla':
     return fused.clip_loss(image_emb, text_emb, logit_scale, implementation=implementation,
-                           mesh=mesh)
+                           mesh=mesh, collective=collective)
   logits = _logits(image_emb, text_emb, logit_scale)
   labels = jnp.arange(logits.shape[0])
   diag = logits[labels, labels]
@@ -36,12 +40,12 @@ def clip_loss(image_emb, text_emb, logit_scale, *, implementation='auto', mesh=N
 
 
 def siglip_loss(image_emb, text_emb, logit_scale, logit_bias, *, implementation='auto',
-                mesh=None):
+                mesh=None, collective='gather'):
   """Pairwise sigmoid loss (SigLIP, Zhai et al. 2023), summed over pairs / batch size."""
-  implementation = fused.resolve(implementation)
+  implementation = fused.resolve(implementation, collective)
   if implementation != 'xla':
     return fused.siglip_loss(image_emb, text_emb, logit_scale, logit_bias,
-                             implementation=implementation, mesh=mesh)
+                             implementation=implementation, mesh=mesh, collective=collective)
   logits = _logits(image_emb, text_emb, logit_scale) + logit_bias
   n = logits.shape[0]
   signs = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
@@ -75,18 +79,19 @@ def byol_loss(online, target):
 
 
 def affinity_mimicking_loss(student_img, student_txt, teacher_img, teacher_txt,
-                            student_scale, teacher_scale, *, implementation='auto', mesh=None):
+                            student_scale, teacher_scale, *, implementation='auto', mesh=None,
+                            collective='gather'):
   """TinyCLIP affinity mimicking: soft-target CE of student affinities vs the teacher's.
 
   ½·CE(softmax_row(student) | softmax_row(teacher)) + ½·the same over columns
   (text->image), each a mean over rows. The teacher is a fixed target: no gradient
   reaches its embeddings or scale (TinyCLIP runs it under no_grad).
   """
-  implementation = fused.resolve(implementation)
+  implementation = fused.resolve(implementation, collective)
   if implementation != 'xla':
     return fused.affinity_mimicking_loss(
         student_img, student_txt, teacher_img, teacher_txt, student_scale, teacher_scale,
-        implementation=implementation, mesh=mesh)
+        implementation=implementation, mesh=mesh, collective=collective)
   teacher_img, teacher_txt, teacher_scale = jax.lax.stop_gradient(
       (teacher_img, teacher_txt, teacher_scale))
   student = _logits(student_img, student_txt, student_scale)

@@ -1,9 +1,12 @@
 """Tiled loss kernels and masked attention against the readable references.
 
 Sizes are deliberately not multiples of the tile (block 16, batch 37) so padding and
-masking are exercised; several tiles per axis exercise the online merges.
+masking are exercised; several tiles per axis exercise the online merges. 'pallas_tpu'
+runs the Mosaic TPU kernels in JAX's TPU interpreter on the CPU.
 """
+import contextlib
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +15,20 @@ import pytest
 
 from clipjax import losses
 from clipjax.kernels import fused
+from clipjax.kernels import target
 from clipjax.kernels.attention import masked_attention
 from clipjax.models import layers
 from tests.test_losses import assert_leaves_close
 
-IMPLS = ('chunked', 'pallas')
+IMPLS = ('chunked', 'pallas', 'pallas_tpu')
 BLOCK = 16
+
+
+def _on_target(impl):
+  """(implementation, context): 'pallas_tpu' is 'pallas' under TPU interpret mode."""
+  if impl == 'pallas_tpu':
+    return 'pallas', target.use('tpu', interpret=True)
+  return impl, contextlib.nullcontext()
 
 
 @pytest.fixture(autouse=True)
@@ -62,8 +73,10 @@ def _compare(case, impl, n, dtype, scale, norm=1.0, block=BLOCK):
   args = embs + [jnp.float32(a) for a in scalars(scale)]
   argnums = tuple(range(len(args)))
   want = jax.value_and_grad(functools.partial(reference, implementation='xla'), argnums)(*args)
-  got = jax.jit(jax.value_and_grad(
-      functools.partial(kernel, implementation=impl, block=block), argnums))(*args)
+  impl, context = _on_target(impl)
+  with context:
+    got = jax.jit(jax.value_and_grad(
+        functools.partial(kernel, implementation=impl, block=block), argnums))(*args)
   return got, want
 
 
@@ -103,6 +116,54 @@ def test_pallas_feature_chunks_and_gradient_slices(case, monkeypatch):
   assert_leaves_close(_leaves(got), _leaves(want), REL_TOL[14.3, 1.0])
 
 
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_tpu_kernels_over_several_column_blocks(case):
+  """300 columns are three 128-lane blocks: the resident column statistics and the dy
+  launch's accumulation over row blocks both merge across grid steps."""
+  got, want = _compare(case, 'pallas_tpu', 300, jnp.float32, 14.3, block=(64, 128))
+  assert_leaves_close(_leaves(got), _leaves(want), REL_TOL[14.3, 1.0])
+
+
+def _lowered(fn, *args):
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=('tpu',)).as_text()
+
+
+def test_kernels_lower_for_tpu_from_a_cpu_host():
+  """Mosaic's block rules and lowering rules are checked at lowering, which runs here;
+  what a TPU would compile is the tpu_custom_call, never an interpreter."""
+  embs = [_emb(i, 40, 24, jnp.bfloat16) for i in range(4)]
+  q, k, v, _, keep = _attention_inputs(jnp.bfloat16)
+  with target.use('tpu', interpret=False):
+    for name, (kernel, _, num_emb, scalars) in CASES.items():
+      args = embs[:num_emb] + [jnp.float32(a) for a in scalars(14.3)]
+      loss = functools.partial(kernel, implementation='pallas')
+      text = _lowered(jax.grad(loss, tuple(range(num_emb))), *args)
+      assert text.count('tpu_custom_call') >= 3, name  # forward, dx and dy launches
+    attention = lambda q, k, v: jnp.sum(masked_attention(q, k, v, keep, implementation='pallas'))
+    assert _lowered(jax.grad(attention, (0, 1, 2)), q, k, v).count('tpu_custom_call') == 3
+
+
+@pytest.mark.parametrize('backend,want', [('tpu', ('tpu', False)), ('gpu', ('gpu', False)),
+                                          ('cpu', ('gpu', True))])
+def test_pallas_compiles_on_accelerators_and_announces_the_interpreter(backend, want,
+                                                                        monkeypatch, caplog):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  monkeypatch.setattr(target, '_announced', set())
+  with caplog.at_level(logging.WARNING):
+    assert target.current() == want
+    assert target.current() == want
+  announced = [r for r in caplog.records if 'interpret mode' in r.getMessage()]
+  assert len(announced) == (1 if backend == 'cpu' else 0)
+  kwargs = target.call_kwargs(*want, num_warps=4, num_stages=2, dimension_semantics=None)
+  assert bool(kwargs['interpret']) == want[1]
+
+
+def test_pallas_refuses_a_backend_without_kernels(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'metal')
+  with pytest.raises(NotImplementedError, match="'metal' backend"):
+    target.current()
+
+
 def test_tiled_block_choice_does_not_change_result():
   """One tile and ragged 8-row tiles give the same statistics (16 is covered above)."""
   results = [_compare('affinity', 'chunked', 37, jnp.float32, 14.3, block=b)[0] for b in (8, 64)]
@@ -114,6 +175,10 @@ def test_auto_resolves_to_chunked():
   assert fused.resolve('auto') == 'chunked'
   with pytest.raises(ValueError, match='implementation'):
     fused.resolve('triton')
+  with pytest.raises(ValueError, match="collective='ring' needs a tiled"):
+    fused.resolve('xla', 'ring')
+  with pytest.raises(ValueError, match='collective'):
+    fused.resolve('auto', 'allgather')
 
 
 def _attention_inputs(dtype, b=2, t=21, h=3, d=8):
@@ -140,8 +205,10 @@ def test_masked_attention_matches_reference(impl, dtype, tol, causal):
   q, k, v, d_out, keep = _attention_inputs(dtype)
   if causal:  # every query keeps at least token 0
     keep = keep.at[1].set(jnp.arange(keep.shape[1]) % 5 == 0)
+  impl, context = _on_target(impl)
   run = functools.partial(_attention_vjp, impl, causal=causal, block=8)
-  got = jax.jit(run)(q, k, v, d_out, keep)
+  with context:
+    got = jax.jit(run)(q, k, v, d_out, keep)
   want = _attention_vjp('xla', q, k, v, d_out, keep, causal)
   assert got[0].dtype == dtype and got[1][0].dtype == dtype
   assert_leaves_close((got[0],) + tuple(got[1]), (want[0],) + tuple(want[1]), tol)

@@ -170,12 +170,13 @@ MESH_SCRIPT = textwrap.dedent('''
   n, d = 48, 16
   unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
   xs, ys, xt, yt = (jnp.asarray(unit(rng.normal(size=(n, d))), jnp.float32) for _ in range(4))
+  # 'chunked+ring': implementation 'chunked' with collective 'ring'.
+  kw = lambda impl: dict(zip(('implementation', 'collective'), impl.split('+')))
   cases = {
-    'clip': (lambda a, b, c, e, s, impl: losses.clip_loss(a, b, s, implementation=impl)),
-    'siglip': (lambda a, b, c, e, s, impl: losses.siglip_loss(
-        a, b, s, -s, implementation=impl)),
+    'clip': (lambda a, b, c, e, s, impl: losses.clip_loss(a, b, s, **kw(impl))),
+    'siglip': (lambda a, b, c, e, s, impl: losses.siglip_loss(a, b, s, -s, **kw(impl))),
     'affinity': (lambda a, b, c, e, s, impl: losses.affinity_mimicking_loss(
-        a, b, c, e, s, 50.0, implementation=impl)),
+        a, b, c, e, s, 50.0, **kw(impl))),
   }
   scale = jnp.float32(14.3)
   wants = {name: jax.value_and_grad(fn, argnums=(0, 1, 4))(xs, ys, xt, yt, scale, 'xla')
@@ -189,7 +190,7 @@ MESH_SCRIPT = textwrap.dedent('''
     for name, fn in cases.items():
       want = wants[name]
       for impl in impls:
-        if impl == 'pallas' and len(shape) < 3:  # interpreted: slow; the 3-axis mesh suffices
+        if impl.startswith('pallas') and len(shape) < 3:  # interpreted: slow; 3 axes suffice
           continue
         with jax.set_mesh(mesh):
           step = jax.value_and_grad(fn, argnums=(0, 1, 4))
@@ -212,18 +213,58 @@ MESH_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def run_on_8_devices(impls):
-  """Runs MESH_SCRIPT with 8 simulated CPU devices; returns {case: max abs error}."""
+def run_on_8_devices(impls, script=MESH_SCRIPT):
+  """Runs `script` with 8 simulated CPU devices; returns the JSON it prints last
+  (MESH_SCRIPT: {case: max abs error})."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', MESH_SCRIPT, json.dumps(impls)],
+  proc = subprocess.run([sys.executable, '-c', script, json.dumps(impls)],
                         capture_output=True, text=True, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_sharded_equals_single_device():
-  errors = run_on_8_devices(list(IMPLS))
-  assert len(errors) == 9 * (len(IMPLS) - 1) + 3 + 2
+  """Gathered and ring paths, 8 devices over one, two and three mesh axes."""
+  errors = run_on_8_devices(list(IMPLS) + ['chunked+ring', 'pallas+ring'])
+  assert len(errors) == 9 * (len(IMPLS) - 1) + 3 + 9 + 3 + 2
+  assert sum('ring' in case for case in errors) == 12
   for case, err in errors.items():
     assert err < 5e-5, (case, err)
+
+
+RING_MEMORY_SCRIPT = textwrap.dedent('''
+  import functools, json
+  import jax, jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from clipjax import losses
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  cases = {'clip': (losses.clip_loss, 2, 1), 'siglip': (losses.siglip_loss, 2, 2),
+           'affinity': (losses.affinity_mimicking_loss, 4, 2)}
+  out = {}
+  for devices in (4, 8):
+    mesh = jax.make_mesh((devices,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:devices])
+    emb = jax.ShapeDtypeStruct((devices * 4096, 512), jnp.float32,
+                               sharding=NamedSharding(mesh, P('data')))
+    for name, (fn, num_emb, num_scalars) in cases.items():
+      for collective in ('gather', 'ring'):
+        loss = functools.partial(fn, implementation='chunked', mesh=mesh, collective=collective)
+        step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+        compiled = step.lower(*[emb] * num_emb, *[scalar] * num_scalars).compile()
+        out[f'{name} {collective} {devices}'] = (
+            compiled.memory_analysis().temp_size_in_bytes / 2**20)
+  print(json.dumps(out))
+''')
+
+
+def test_ring_holds_no_gathered_columns():
+  """Compiled per-device temporaries with 4096 rows of D = 512 per device (float32, 8 MB
+  per local embedding array) on 4 and on 8 devices: the gather's grow with the global
+  batch (it holds the gathered columns and their gradient), the ring's stay put."""
+  mb = run_on_8_devices(None, RING_MEMORY_SCRIPT)
+  for name in ('clip', 'siglip', 'affinity'):
+    gather, ring = mb[f'{name} gather 8'], mb[f'{name} ring 8']
+    assert ring < 0.5 * gather, mb
+    assert gather > 1.5 * mb[f'{name} gather 4'], mb
+    assert ring < 1.05 * mb[f'{name} ring 4'], mb

@@ -1,11 +1,9 @@
 """ProtoCLIP: the prototype loss and PBT against float64 numpy re-statements of the official
 code, episodes, exact resume inside an episode, bad configs, the external teacher."""
-import json
 import shutil
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

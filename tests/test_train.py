@@ -137,13 +137,14 @@ PRUNED = {'model.vision': dict(width=63, head_dim=16, layer_heads=[3, 0], layer_
 # The lean loss paths per device (shard_map) and accumulation, on the 3-axis mesh ('auto'
 # is 'chunked' on CPU: test_auto_resolves_to_chunked).
 LEAN = [('d2f2t2+' + impl, dict(loss_implementation=impl)) for impl in ('chunked', 'pallas')]
+RING = [('d2f2t2+ring', dict(loss_implementation='chunked', loss_collective='ring'))]
 ACCUM = [('d2f2t2+accum', dict(grad_accum_steps=4))]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('method,runs,overrides,spec', [
-    ('clip', ['d8', 'd2f4', 'd2f2t2'] + LEAN + ACCUM, {}, "'fsdp', 'tensor'"),
-    ('siglip', ['d2f2t2'] + LEAN[:1] + ACCUM, {}, "'fsdp', 'tensor'"),
+    ('clip', ['d8', 'd2f4', 'd2f2t2'] + LEAN + RING + ACCUM, {}, "'fsdp', 'tensor'"),
+    ('siglip', ['d2f2t2'] + LEAN[:1] + RING + ACCUM, {}, "'fsdp', 'tensor'"),
     ('clip', ['d2f2t2'], PRUNED, "None, 'tensor'")])
 def test_sharded_steps_equal_single_device(python_subprocess, method, runs, overrides, spec):
   """Against one device with the 'xla' loss: each mesh, loss implementation and

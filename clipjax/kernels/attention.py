@@ -9,8 +9,10 @@ positions are still computed (callers ignore them). Implementations:
              backward: delta = rowsum(dO * O), dS = P * (dP - delta)).
   'pallas'   the same in Pallas kernels (grid over batch, heads and query blocks; a
              dq kernel over query blocks and a dk/dv kernel over key blocks in the
-             backward); interpret mode off GPU.
-  'auto'     'pallas' on GPU, 'chunked' elsewhere.
+             backward), lowered by Triton on a GPU and by Mosaic on a TPU, where blocks
+             follow its (8, 128) rule: the mask is a [B, 1, T] row and the per-query
+             statistics [B, H, T, 1] columns. See target.py for interpret mode.
+  'auto'     'pallas' on GPU (measured faster there), 'chunked' elsewhere.
 """
 import functools
 
@@ -18,11 +20,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from clipjax.kernels.pallas_losses import pow2_block, triton_params
+from clipjax.kernels import target
+from clipjax.kernels.pallas_losses import pow2_block
 
 NEG = -1e30
 CHUNKED_BLOCK = 128
 PALLAS_BLOCK = 64
+TPU_LANES = 128  # a TPU block's last dimension: the key block of the [B, 1, T] mask
 NUM_WARPS = 4
 NUM_STAGES = 2
 
@@ -163,16 +167,26 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 # ---------------------------------------------------------------- Pallas
 
 
-def _interpret():
-  return jax.default_backend() != 'gpu'
-
-
-def _pad_all(q, k, v, keep, block):
-  """Pads T to the block and D to a power of two (>= 16) as Triton requires."""
-  bt = pow2_block(q.shape[2], block)
-  d_pad = max(16, 1 << (q.shape[-1] - 1).bit_length()) - q.shape[-1]
+def _pad_all(q, k, v, keep, block, tpu):
+  """Pads T to the block, and on a GPU D to a power of two (>= 16) as Triton requires."""
+  if tpu:
+    bt = -(-block // TPU_LANES) * TPU_LANES
+    d_pad = 0
+  else:
+    bt = pow2_block(q.shape[2], block)
+    d_pad = max(16, 1 << (q.shape[-1] - 1).bit_length()) - q.shape[-1]
   pad = lambda a: jnp.pad(_pad_t(a, bt, 2), ((0, 0), (0, 0), (0, 0), (0, d_pad)))
   return pad(q), pad(k), pad(v), _pad_t(keep, bt, 1), bt
+
+
+def _key_row(ref, sl, tpu):
+  """The mask of keys `sl` as a [1, bk] row ([B, 1, T] blocks on a TPU, [B, T] on a GPU)."""
+  return ref[:, sl] if tpu else ref[sl][None, :]
+
+
+def _query_col(ref, sl, tpu):
+  """Per-query statistics of queries `sl` as a [bq, 1] column."""
+  return ref[sl, :] if tpu else ref[sl][:, None]
 
 
 def _spec(t, d, bt, along):
@@ -186,7 +200,7 @@ def _ids(i, bt):
   return i * bt + jax.lax.broadcasted_iota(jnp.int32, (bt,), 0)
 
 
-def _attn_fwd_kernel(scale, bt, nk, causal, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref):
+def _attn_fwd_kernel(scale, bt, nk, causal, tpu, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref):
   q = q_ref[...]
   qid = _ids(pl.program_id(2), bt)
 
@@ -194,7 +208,7 @@ def _attn_fwd_kernel(scale, bt, nk, causal, q_ref, k_ref, v_ref, keep_ref, o_ref
     m, l, acc = carry
     sl = pl.ds(j * bt, bt)
     s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
-    s = _mask(s, keep_ref[sl][None, :], qid, _ids(j, bt), causal)
+    s = _mask(s, _key_row(keep_ref, sl, tpu), qid, _ids(j, bt), causal)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.exp(s - m_new[:, None])
     corr = jnp.exp(m - m_new)
@@ -206,31 +220,33 @@ def _attn_fwd_kernel(scale, bt, nk, causal, q_ref, k_ref, v_ref, keep_ref, o_ref
           jnp.zeros(q.shape, jnp.float32))
   m, l, acc = jax.lax.fori_loop(0, nk, body, init)
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-  lse_ref[...] = m + jnp.log(l)
+  lse = m + jnp.log(l)
+  lse_ref[...] = lse[:, None] if tpu else lse
 
 
-def _attn_dq_kernel(scale, bt, nk, causal, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref,
+def _attn_dq_kernel(scale, bt, nk, causal, tpu, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref,
                     delta_ref, dq_ref):
   q, do = q_ref[...], do_ref[...].astype(jnp.float32)
   qid = _ids(pl.program_id(2), bt)
-  lse, delta = lse_ref[...], delta_ref[...]
+  every = slice(None)
+  lse, delta = _query_col(lse_ref, every, tpu), _query_col(delta_ref, every, tpu)
 
   def body(j, dq):
     sl = pl.ds(j * bt, bt)
     k = k_ref[sl, :].astype(jnp.float32)
     s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
-    s = _mask(s, keep_ref[sl][None, :], qid, _ids(j, bt), causal)
-    p = jnp.exp(s - lse[:, None])
+    s = _mask(s, _key_row(keep_ref, sl, tpu), qid, _ids(j, bt), causal)
+    p = jnp.exp(s - lse)
     dp = jnp.dot(do, v_ref[sl, :].astype(jnp.float32).T, preferred_element_type=jnp.float32)
-    return dq + jnp.dot(p * (dp - delta[:, None]) * scale, k, preferred_element_type=jnp.float32)
+    return dq + jnp.dot(p * (dp - delta) * scale, k, preferred_element_type=jnp.float32)
 
   dq_ref[...] = jax.lax.fori_loop(0, nk, body, jnp.zeros(q.shape, jnp.float32)).astype(dq_ref.dtype)
 
 
-def _attn_dkv_kernel(scale, bt, nq, causal, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref,
+def _attn_dkv_kernel(scale, bt, nq, causal, tpu, q_ref, k_ref, v_ref, keep_ref, do_ref, lse_ref,
                      delta_ref, dk_ref, dv_ref):
   k, v = k_ref[...], v_ref[...].astype(jnp.float32)
-  keep = keep_ref[...]
+  keep = _key_row(keep_ref, slice(None), tpu)
   kid = _ids(pl.program_id(2), bt)
 
   def body(i, carry):
@@ -239,10 +255,10 @@ def _attn_dkv_kernel(scale, bt, nq, causal, q_ref, k_ref, v_ref, keep_ref, do_re
     q = q_ref[sl, :]
     do = do_ref[sl, :].astype(jnp.float32)
     s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
-    s = _mask(s, keep[None, :], _ids(i, bt), kid, causal)
-    p = jnp.exp(s - lse_ref[sl][:, None])
+    s = _mask(s, keep, _ids(i, bt), kid, causal)
+    p = jnp.exp(s - _query_col(lse_ref, sl, tpu))
     dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
-    ds = p * (dp - delta_ref[sl][:, None]) * scale
+    ds = p * (dp - _query_col(delta_ref, sl, tpu)) * scale
     dv = dv + jnp.dot(p.T, do, preferred_element_type=jnp.float32)
     dk = dk + jnp.dot(ds.T, q.astype(jnp.float32), preferred_element_type=jnp.float32)
     return dk, dv
@@ -253,10 +269,27 @@ def _attn_dkv_kernel(scale, bt, nq, causal, q_ref, k_ref, v_ref, keep_ref, do_re
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
+def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, *args):
+  kind = 'tpu' if target.current()[0] == 'tpu' else 'gpu'
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                        out_shape=out_shape, interpret=_interpret(),
-                        compiler_params=triton_params(NUM_WARPS, NUM_STAGES))(*args)
+                        out_shape=out_shape,
+                        **target.call_kwargs(kind, interpret, num_warps=NUM_WARPS,
+                                             num_stages=NUM_STAGES,
+                                             dimension_semantics=('parallel',) * 3))(*args)
+
+
+def _layout(keep, b, h, tp, bt, tpu):
+  """Mask and per-query statistic arrays and BlockSpecs: (keep array, keep whole, keep block,
+  stat shape, stat block, stat whole)."""
+  if tpu:
+    return (keep[:, None, :], pl.BlockSpec((None, 1, tp), lambda b, h, i: (b, 0, 0)),
+            pl.BlockSpec((None, 1, bt), lambda b, h, i: (b, 0, i)), (b, h, tp, 1),
+            pl.BlockSpec((None, None, bt, 1), lambda b, h, i: (b, h, i, 0)),
+            pl.BlockSpec((None, None, tp, 1), lambda b, h, i: (b, h, 0, 0)))
+  return (keep, pl.BlockSpec((None, tp), lambda b, h, i: (b, 0)),
+          pl.BlockSpec((None, bt), lambda b, h, i: (b, i)), (b, h, tp),
+          pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i)),
+          pl.BlockSpec((None, None, tp), lambda b, h, i: (b, h, 0)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -266,20 +299,19 @@ def _pallas(q, k, v, keep, cfg):
 
 def _pallas_fwd(q, k, v, keep, cfg):
   block, causal = cfg
+  kind, interpret = target.current()
+  tpu = kind == 'tpu'
   b, h, t, d = q.shape
-  qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block)
+  qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block, tpu)
   tp, dp = qp.shape[2], qp.shape[3]
-  grid = (b, h, tp // bt)
-  keep_spec = pl.BlockSpec((None, tp), lambda b, h, i: (b, 0))
-  row_spec = pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i))
-  kernel = functools.partial(_attn_fwd_kernel, d ** -0.5, bt, tp // bt, causal)
+  keepp, keep_full, _, stat_shape, stat_blk, _ = _layout(keepp, b, h, tp, bt, tpu)
+  kernel = functools.partial(_attn_fwd_kernel, d ** -0.5, bt, tp // bt, causal, tpu)
   out, lse = _call(
-      kernel, grid,
-      [_spec(tp, dp, bt, True), _spec(tp, dp, bt, False), _spec(tp, dp, bt, False),
-       keep_spec],
-      [_spec(tp, dp, bt, True), row_spec],
-      [jax.ShapeDtypeStruct(qp.shape, q.dtype), jax.ShapeDtypeStruct((b, h, tp), jnp.float32)],
-      qp, kp, vp, keepp)
+      kernel, (b, h, tp // bt),
+      [_spec(tp, dp, bt, True), _spec(tp, dp, bt, False), _spec(tp, dp, bt, False), keep_full],
+      [_spec(tp, dp, bt, True), stat_blk],
+      [jax.ShapeDtypeStruct(qp.shape, q.dtype), jax.ShapeDtypeStruct(stat_shape, jnp.float32)],
+      interpret, qp, kp, vp, keepp)
   out = out[:, :, :t, :d]
   return out, (q, k, v, keep, out, lse)
 
@@ -287,25 +319,25 @@ def _pallas_fwd(q, k, v, keep, cfg):
 def _pallas_bwd(cfg, res, d_out):
   block, causal = cfg
   q, k, v, keep, out, lse = res
+  kind, interpret = target.current()
+  tpu = kind == 'tpu'
   b, h, t, d = q.shape
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
-  qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block)
-  dop = _pad_all(d_out, k, v, keep, block)[0]
+  qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block, tpu)
+  dop = _pad_all(d_out, k, v, keep, block, tpu)[0]
   tp, dp = qp.shape[2], qp.shape[3]
-  lse, delta = _pad_t(lse, bt, 2), _pad_t(delta, bt, 2)
+  keepp, keep_full, keep_blk, _, row_blk, row_full = _layout(keepp, b, h, tp, bt, tpu)
+  delta = _pad_t(delta, bt, 2).reshape(lse.shape)
   grid = (b, h, tp // bt)
   blk, full = _spec(tp, dp, bt, True), _spec(tp, dp, bt, False)
-  keep_full = pl.BlockSpec((None, tp), lambda b, h, i: (b, 0))
-  keep_blk = pl.BlockSpec((None, bt), lambda b, h, i: (b, i))
-  row_blk = pl.BlockSpec((None, None, bt), lambda b, h, i: (b, h, i))
-  row_full = pl.BlockSpec((None, None, tp), lambda b, h, i: (b, h, 0))
-  dq = _call(functools.partial(_attn_dq_kernel, d ** -0.5, bt, tp // bt, causal), grid,
+  dq = _call(functools.partial(_attn_dq_kernel, d ** -0.5, bt, tp // bt, causal, tpu), grid,
              [blk, full, full, keep_full, blk, row_blk, row_blk], blk,
-             jax.ShapeDtypeStruct(qp.shape, q.dtype), qp, kp, vp, keepp, dop, lse, delta)
-  dk, dv = _call(functools.partial(_attn_dkv_kernel, d ** -0.5, bt, tp // bt, causal), grid,
+             jax.ShapeDtypeStruct(qp.shape, q.dtype), interpret, qp, kp, vp, keepp, dop, lse,
+             delta)
+  dk, dv = _call(functools.partial(_attn_dkv_kernel, d ** -0.5, bt, tp // bt, causal, tpu), grid,
                  [full, blk, blk, keep_blk, full, row_full, row_full], [blk, blk],
                  [jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(vp.shape, v.dtype)],
-                 qp, kp, vp, keepp, dop, lse, delta)
+                 interpret, qp, kp, vp, keepp, dop, lse, delta)
   crop = lambda a: a[:, :, :t, :d]
   return crop(dq), crop(dk), crop(dv), jnp.zeros_like(keep)
 

@@ -347,3 +347,8 @@ def _affinity_bwd(block, res, cot):
 
 
 _affinity_stats.defvjp(_affinity_fwd, _affinity_bwd)
+
+# Each statistic's (forward, backward) for callers that split the sweep over devices (ring.py).
+PASSES = {'contrastive': (_contrastive_fwd, _contrastive_bwd),
+          'sigmoid': (_sigmoid_fwd, _sigmoid_bwd),
+          'affinity': (_affinity_fwd, _affinity_bwd)}

@@ -1,44 +1,50 @@
 """Pallas kernels for the tiled loss statistics (same API and maths as `chunked`).
 
-Layout follows jax's Pallas GPU flash attention: the grid runs over row blocks, each
-program `fori_loop`s over column blocks of the (HBM-resident) column embeddings,
-accumulating every x.y tile over feature chunks, and merges tile statistics online.
-Programs never write to a shared output, so column statistics come from a second launch
-with rows and columns swapped (L.T = scale * y @ x.T), and the backward pass is two launches too
-(dx over row blocks, dy over column blocks), each recomputing its tiles from the saved
-O(B) statistics. Off GPU the kernels run in interpret mode (tests, CPU). On an H100
-they are slower than `chunked` (kernels/README.md), which is why 'auto' does not pick them.
+GPU (Triton) layout, after jax's Pallas GPU flash attention: the grid runs over row
+blocks, each program `fori_loop`s over column blocks of the (HBM-resident) column
+embeddings, accumulating every x.y tile over feature chunks, and merges tile statistics
+online. Programs never write to a shared output, so column statistics come from a second
+launch with rows and columns swapped (L.T = scale * y @ x.T), and the backward pass is two
+launches too (dx over row blocks, dy over column blocks), each recomputing its tiles from
+the saved O(B) statistics. On an H100 they are slower than `chunked` (kernels/README.md),
+which is why 'auto' does not pick them.
+
+TPU (Mosaic) layout: the grid is (row blocks, column blocks) and runs in order, so one
+forward launch computes each tile once and accumulates both statistics in its outputs:
+the row statistics in the row block's output (revisited over consecutive column steps),
+the column statistics in one [1, m] output that stays in VMEM for the whole launch. The
+backward is a dx launch and a dy launch (rows and columns swapped), each accumulating
+its block over the inner grid axis: 5 tile matmuls in all, against 4 for `chunked`.
+`target.current()` picks the layout; see target.py for interpret mode.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
+from jax.experimental.pallas import tpu as pltpu
 
 from clipjax.kernels import chunked as ck
+from clipjax.kernels import target
 
-# Defaults measured on an H100 (kernels/README.md, "Tile sizes").
+# GPU defaults measured on an H100 (kernels/README.md, "Tile sizes").
 DEFAULT_BLOCK = (128, 64)  # (rows a program keeps, columns per loop step)
 D_CHUNK = 64  # feature slice of every tile product (shared-memory bound, see _chunk)
 GRAD_WIDTH = 256  # dx features per gradient program; None: all (see _grad_call)
 NUM_WARPS = 8
 NUM_STAGES = 3
-
-
-def _interpret():
-  return jax.default_backend() != 'gpu'
+# TPU tile (rows, columns): a choice, not a measurement (no TPU was lent). Rows are
+# rounded to 8 sublanes, columns to 128 lanes, as Mosaic's block rules require.
+TPU_BLOCK = (256, 512)
 
 
 def default_block():
-  return DEFAULT_BLOCK
+  return TPU_BLOCK if target.current()[0] == 'tpu' else DEFAULT_BLOCK
 
 
-def triton_params(num_warps=None, num_stages=None):
-  """Triton compiler parameters. Naming them also selects the Triton lowering: JAX's GPU
-  default for `pallas_call` is Mosaic GPU, which cannot lower these kernels."""
-  return pltriton.CompilerParams(num_warps=num_warps or NUM_WARPS,
-                                 num_stages=num_stages or NUM_STAGES)
+def _gpu_call_kwargs(interpret):
+  return target.call_kwargs('gpu', interpret, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+                            dimension_semantics=None)
 
 
 def pow2_block(n, block):
@@ -102,7 +108,7 @@ def _scalars_and_offsets(scalars, offsets):
           jnp.stack([jnp.asarray(o, jnp.int32) for o in offsets]))
 
 
-def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, block):
+def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, block, interpret):
   """Row statistics of every tile row: grid over row blocks, loop over column blocks."""
   br, bc = _tiles(n, m, block)
   n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
@@ -137,12 +143,13 @@ def _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, blo
       + [full(scalar_arr), full(offset_arr)],
       out_specs=[pl.BlockSpec((br,), lambda i: (i,)) for _ in init],
       out_shape=[out((n_pad,)) for _ in init],
-      interpret=_interpret(), compiler_params=triton_params(), name='tiled_loss_stats',
+      name='tiled_loss_stats', **_gpu_call_kwargs(interpret),
   )(*rows, *cols, scalar_arr, offset_arr)
   return tuple(o[:n] for o in outs)
 
 
-def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, block, num_extras):
+def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, block, num_extras,
+               interpret):
   """G @ y per row block (recomputing tiles) and per-row extras, summed to scalars.
 
   The grid is (row blocks, output slices of GRAD_WIDTH features): a program accumulates
@@ -210,9 +217,169 @@ def _grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, bl
       out_specs=[pl.BlockSpec((br, bo), lambda i, s: (i, s))]
       + [pl.BlockSpec((None, br), lambda i, s: (s, i)) for _ in range(num_extras)],
       out_shape=[out((n_pad, width))] + [out((splits, n_pad)) for _ in range(num_extras)],
-      interpret=_interpret(), compiler_params=triton_params(), name='tiled_loss_grad',
+      name='tiled_loss_grad', **_gpu_call_kwargs(interpret),
   )(*rows, *cols, *row_aux, *col_aux, scalar_arr, offset_arr)
   return dx[:n, :width_in], tuple(jnp.sum(e[0, :n]) for e in extras)
+
+
+def _tpu_tiles(n, m, block):
+  """(row edge, column edge) on a TPU: rows a multiple of 8, columns of 128 lanes."""
+  br, bc = block if isinstance(block, tuple) else (block, block)
+  up = lambda a, k: -(-a // k) * k
+  return min(up(br, 8), up(n, 8)), min(up(bc, 128), up(m, 128))
+
+
+def _tpu_call(kernel, grid, in_specs, out_specs, out_shape, interpret, name, *args):
+  return pl.pallas_call(
+      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+      name=name, **target.call_kwargs('tpu', interpret, num_warps=None, num_stages=None,
+                                      dimension_semantics=('arbitrary', 'arbitrary')),
+  )(*args)
+
+
+def _smem():
+  return pl.BlockSpec(memory_space=pltpu.SMEM)
+
+
+def _tpu_sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, offsets, n, m, block,
+                    interpret, columns):
+  """Row and (when `columns`) column statistics from one launch over every tile.
+
+  Row statistics live in [n, 1] outputs (a row reduction's natural sublane layout), column
+  statistics in [1, m] outputs whose single block stays resident; both are merged in place
+  as the in-order grid visits their tiles. The grid cannot be split over cores, since
+  every row block adds to the same column outputs.
+  """
+  br, bc = _tpu_tiles(n, m, block)
+  n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
+  rows = [_pad_rows(a, n_pad) for a in rows]
+  cols = [_pad_rows(a, m_pad) for a in cols]
+  nr, nc, ns = len(rows), len(cols), len(init)
+
+  def kernel(*refs):
+    row_refs, col_refs = refs[:nr], refs[nr:nr + nc]
+    scalar_ref, offset_ref = refs[nr + nc:nr + nc + 2]
+    row_outs, col_outs = refs[nr + nc + 2:nr + nc + 2 + ns], refs[nr + nc + 2 + ns:]
+    i, j = pl.program_id(0), pl.program_id(1)
+    scal = tuple(scalar_ref[k] for k in range(len(scalars)))
+    sims = tuple(ck.dot_t(r[...], c[...]) for r, c in zip(row_refs, col_refs))
+    row_new, col_new = tile_fn(scal, sims, _ids(i, br, n, offset_ref[0]),
+                               _ids(j, bc, m, offset_ref[1]))
+    lanes = pl.ds(pl.multiple_of(j * bc, 128), bc)
+
+    @pl.when(j == 0)
+    def _():
+      for out, v in zip(row_outs, init):
+        out[...] = jnp.full(out.shape, v, jnp.float32)
+
+    @pl.when(i == 0)
+    def _():
+      for out, v in zip(col_outs, init):
+        out[:, lanes] = jnp.full((1, bc), v, jnp.float32)
+
+    merged = merge_fn(tuple(out[:, 0] for out in row_outs), row_new)
+    for out, a in zip(row_outs, merged):
+      out[...] = a[:, None]
+    if columns:
+      merged = merge_fn(tuple(out[0, lanes] for out in col_outs), col_new)
+      for out, a in zip(col_outs, merged):
+        out[:, lanes] = a[None, :]
+
+  scalar_arr, offset_arr = _scalars_and_offsets(scalars, offsets)
+  (rows, cols, scalar_arr, offset_arr), out = _operands(rows, cols, scalar_arr, offset_arr)
+  row_out = [pl.BlockSpec((br, 1), lambda i, j: (i, 0)) for _ in init]
+  col_out = [pl.BlockSpec((1, m_pad), lambda i, j: (0, 0)) for _ in init] if columns else []
+  outs = _tpu_call(
+      kernel, (n_pad // br, m_pad // bc),
+      [pl.BlockSpec((br, a.shape[1]), lambda i, j: (i, 0)) for a in rows]
+      + [pl.BlockSpec((bc, a.shape[1]), lambda i, j: (j, 0)) for a in cols] + [_smem(), _smem()],
+      row_out + col_out,
+      [out((n_pad, 1)) for _ in init] + ([out((1, m_pad)) for _ in init] if columns else []),
+      interpret, 'tiled_loss_stats_tpu', *rows, *cols, scalar_arr, offset_arr)
+  row = tuple(o[:n, 0] for o in outs[:ns])
+  return row, tuple(o[0, :m] for o in outs[ns:])
+
+
+def _tpu_grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m, block,
+                   num_extras, interpret):
+  """G @ y and the per-row extras, each row block accumulated over the column steps."""
+  br, bc = _tpu_tiles(n, m, block)
+  n_pad, m_pad = -(-n // br) * br, -(-m // bc) * bc
+  rows = [_pad_rows(a, n_pad) for a in rows]
+  cols = [_pad_rows(a, m_pad) for a in cols]
+  row_aux = [_pad_rows(a, n_pad)[:, None] for a in row_aux]
+  col_aux = [_pad_rows(a, m_pad)[None, :] for a in col_aux]
+  nr, nc, nra, nca = len(rows), len(cols), len(row_aux), len(col_aux)
+
+  def kernel(*refs):
+    it = iter(refs)
+    row_refs = [next(it) for _ in range(nr)]
+    col_refs = [next(it) for _ in range(nc)]
+    raux = tuple(next(it)[:, 0] for _ in range(nra))
+    caux = tuple(next(it)[0, :] for _ in range(nca))
+    scalar_ref, offset_ref, dx_ref = next(it), next(it), next(it)
+    extra_refs = list(it)
+    i, j = pl.program_id(0), pl.program_id(1)
+    scal = tuple(scalar_ref[k] for k in range(len(scalars)))
+    sims = tuple(ck.dot_t(r[...], c[...]) for r, c in zip(row_refs, col_refs))
+    g, new = tile_fn(scal, sims, raux, caux, _ids(i, br, n, offset_ref[0]),
+                     _ids(j, bc, m, offset_ref[1]))
+
+    @pl.when(j == 0)
+    def _():
+      for out in [dx_ref] + extra_refs:
+        out[...] = jnp.zeros(out.shape, jnp.float32)
+
+    y = col_refs[0][...]
+    dx_ref[...] += jnp.dot(g.astype(y.dtype), y, preferred_element_type=jnp.float32)
+    for out, a in zip(extra_refs, new):
+      out[...] += a[:, None]
+
+  row_blk = lambda a: pl.BlockSpec((br, a.shape[1]), lambda i, j: (i, 0))
+  col_blk = lambda a: pl.BlockSpec((bc, a.shape[1]), lambda i, j: (j, 0))
+  scalar_arr, offset_arr = _scalars_and_offsets(scalars, offsets)
+  (rows, cols, row_aux, col_aux, scalar_arr, offset_arr), out = _operands(
+      rows, cols, row_aux, col_aux, scalar_arr, offset_arr)
+  width = rows[0].shape[1]
+  dx, *extras = _tpu_call(
+      kernel, (n_pad // br, m_pad // bc),
+      [row_blk(a) for a in rows] + [col_blk(a) for a in cols] + [row_blk(a) for a in row_aux]
+      + [pl.BlockSpec((1, bc), lambda i, j: (0, j)) for _ in col_aux] + [_smem(), _smem()],
+      [pl.BlockSpec((br, width), lambda i, j: (i, 0))]
+      + [pl.BlockSpec((br, 1), lambda i, j: (i, 0)) for _ in range(num_extras)],
+      [out((n_pad, width))] + [out((n_pad, 1)) for _ in range(num_extras)],
+      interpret, 'tiled_loss_grad_tpu', *rows, *cols, *row_aux, *col_aux, scalar_arr, offset_arr)
+  return dx[:n], tuple(jnp.sum(e[:n]) for e in extras)
+
+
+def _pad_rows(a, rows):
+  return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+
+
+def _stats(tile_fn, merge_fn, init, rows, cols, scalars, row_offset, block, columns=True):
+  """(row statistics, column statistics or ()) on the current target."""
+  kind, interpret = target.current()
+  n, m = rows[0].shape[0], cols[0].shape[0]
+  if kind == 'tpu':
+    return _tpu_sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, _off(row_offset, 0),
+                           n, m, block, interpret, columns)
+  row = _sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, _off(row_offset, 0), n, m,
+                    block, interpret)
+  col = _sweep_call(tile_fn, merge_fn, init, cols, rows, scalars, _off(0, row_offset), m, n,
+                    block, interpret) if columns else ()
+  return row, col
+
+
+def _grad(tile_fn, rows, cols, row_aux, col_aux, scalars, row_offset, block, num_extras):
+  """(dx, dy, extras): G @ y from a launch over row blocks, G.T @ x from one over columns."""
+  kind, interpret = target.current()
+  call = _tpu_grad_call if kind == 'tpu' else _grad_call
+  n, m = rows[0].shape[0], cols[0].shape[0]
+  dx, extras = call(tile_fn, rows, cols, row_aux, col_aux, scalars, _off(row_offset, 0), n, m,
+                    block, num_extras, interpret)
+  dy, _ = call(tile_fn, cols, rows, col_aux, row_aux, scalars, _off(0, row_offset), m, n, block,
+               num_extras, interpret)
+  return dx, dy, extras
 
 
 def _off(*offsets):
@@ -233,20 +400,15 @@ def _contrastive_stats(x, y, scale, block):
 
 
 def _contrastive_fwd(x, y, scale, block):
-  n, m, off = x.shape[0], y.shape[0], _off(0, 0)
-  stats = lambda a, b, na, nb: _sweep_call(ck.contrastive_tile, ck.contrastive_merge, (ck.NEG,),
-                                           [a], [b], (scale,), off, na, nb, block)[0]
-  r, c = stats(x, y, n, m), stats(y, x, m, n)
+  (r,), (c,) = _stats(ck.contrastive_tile, ck.contrastive_merge, (ck.NEG,), [x], [y], (scale,),
+                      0, block)
   return (r, c), (x, y, scale, r, c)
 
 
 def _contrastive_bwd(block, res, cot):
   x, y, scale, r, c = res
-  (gr, gc), n, m, off = cot, x.shape[0], y.shape[0], _off(0, 0)
-  dx, (ds,) = _grad_call(ck.contrastive_grad_tile, [x], [y], [r, gr], [c, gc], (scale,), off,
-                         n, m, block, 1)
-  dy, _ = _grad_call(ck.contrastive_grad_tile, [y], [x], [c, gc], [r, gr], (scale,), off,
-                     m, n, block, 1)
+  dx, dy, (ds,) = _grad(ck.contrastive_grad_tile, [x], [y], [r, cot[0]], [c, cot[1]], (scale,),
+                        0, block, 1)
   return ck.cast_like(scale * dx, x), ck.cast_like(scale * dy, y), ck.cast_like(ds, scale)
 
 
@@ -265,19 +427,16 @@ def _sigmoid_rows(x, y, scalars, row_offset, block):
 
 
 def _sigmoid_fwd(x, y, scalars, row_offset, block):
-  (rows,) = _sweep_call(ck.sigmoid_tile, ck.sum_merge, (0.0,), [x], [y], scalars,
-                        _off(row_offset, 0), x.shape[0], y.shape[0], block)
+  (rows,), _ = _stats(ck.sigmoid_tile, ck.sum_merge, (0.0,), [x], [y], scalars, row_offset, block,
+                      columns=False)
   return rows, (x, y, scalars, row_offset)
 
 
 def _sigmoid_bwd(block, res, g_rows):
   x, y, scalars, row_offset = res
-  n, m = x.shape[0], y.shape[0]
-  g_cols = jnp.zeros((m,), jnp.float32)
-  dx, (ds, db) = _grad_call(ck.sigmoid_grad_tile, [x], [y], [g_rows], [g_cols], scalars,
-                            _off(row_offset, 0), n, m, block, 2)
-  dy, _ = _grad_call(ck.sigmoid_grad_tile, [y], [x], [g_cols], [g_rows], scalars,
-                     _off(0, row_offset), m, n, block, 2)
+  g_cols = jnp.zeros((y.shape[0],), jnp.float32)
+  dx, dy, (ds, db) = _grad(ck.sigmoid_grad_tile, [x], [y], [g_rows], [g_cols], scalars,
+                           row_offset, block, 2)
   scale = scalars[0]
   return (ck.cast_like(scale * dx, x), ck.cast_like(scale * dy, y),
           (ck.cast_like(ds, scale), ck.cast_like(db, scalars[1])), None)
@@ -299,26 +458,25 @@ def _affinity_stats(xs, ys, xt, yt, scalars, block):
 
 
 def _affinity_fwd(xs, ys, xt, yt, scalars, block):
-  n, m, off = xs.shape[0], ys.shape[0], _off(0, 0)
-  stats = lambda rows, cols, na, nb: _sweep_call(
-      ck.affinity_tile, ck.affinity_merge, (ck.NEG, ck.NEG, 0.0), rows, cols, scalars, off,
-      na, nb, block)
-  row, col = stats([xs, xt], [ys, yt], n, m), stats([ys, yt], [xs, xt], m, n)
+  row, col = _stats(ck.affinity_tile, ck.affinity_merge, (ck.NEG, ck.NEG, 0.0), [xs, xt],
+                    [ys, yt], scalars, 0, block)
   return (row, col), (xs, ys, xt, yt, scalars, row, col)
 
 
 def _affinity_bwd(block, res, cot):
   xs, ys, xt, yt, scalars, row, col = res
   (g_rs, _, g_rw), (g_cs, _, g_cw) = cot
-  n, m, off = xs.shape[0], ys.shape[0], _off(0, 0)
   raux, caux = [row[0], row[1], g_rs, g_rw], [col[0], col[1], g_cs, g_cw]
-  dx, (ds,) = _grad_call(ck.affinity_grad_tile, [xs, xt], [ys, yt], raux, caux, scalars, off,
-                         n, m, block, 1)
-  dy, _ = _grad_call(ck.affinity_grad_tile, [ys, yt], [xs, xt], caux, raux, scalars, off,
-                     m, n, block, 1)
+  dx, dy, (ds,) = _grad(ck.affinity_grad_tile, [xs, xt], [ys, yt], raux, caux, scalars, 0,
+                        block, 1)
   s_scale = scalars[0]
   return (ck.cast_like(s_scale * dx, xs), ck.cast_like(s_scale * dy, ys), jnp.zeros_like(xt),
           jnp.zeros_like(yt), (ck.cast_like(ds, s_scale), jnp.zeros_like(scalars[1])))
 
 
 _affinity_stats.defvjp(_affinity_fwd, _affinity_bwd)
+
+# Each statistic's (forward, backward) for callers that split the sweep over devices (ring.py).
+PASSES = {'contrastive': (_contrastive_fwd, _contrastive_bwd),
+          'sigmoid': (_sigmoid_fwd, _sigmoid_bwd),
+          'affinity': (_affinity_fwd, _affinity_bwd)}

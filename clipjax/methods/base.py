@@ -150,8 +150,10 @@ class Method:
     return {k: out[k] for k in ('image_emb', 'text_emb')}, mutables
 
   def loss_kwargs(self) -> dict:
-    """`implementation=` (config.loss_implementation) and `mesh=` for clipjax.losses."""
-    return dict(implementation=self.config.get('loss_implementation') or 'auto', mesh=self.mesh)
+    """`implementation=` (config.loss_implementation), `collective=` (config.loss_collective)
+    and `mesh=` for clipjax.losses."""
+    return dict(implementation=self.config.get('loss_implementation') or 'auto', mesh=self.mesh,
+                collective=self.config.get('loss_collective') or 'gather')
 
   def loss_from_embeddings(self, variables, aux, emb, batch) -> tuple:
     """(loss, metrics) over the whole global batch."""
