@@ -4,7 +4,7 @@ Each (batch, implementation) runs in its own subprocess so its peak memory is no
 polluted by the others: on GPU the allocator's peak device bytes, elsewhere the peak RSS
 (the memory the process really touched, compile included). Prints a markdown table with
 ratios against "xla"; "xla" is skipped where its B x B matrices would not fit in
---max_xla_gb, and interpreted Pallas (off GPU) above --max_interpret. Time is the median
+--max_xla_gb, and interpreted Pallas (on a CPU) above --max_interpret. Time is the median
 of --reps runs after one warm-up run (the minimum on CPU, where other jobs add noise).
 
   nice -n 10 python benchmarks/losses.py --sizes 1024 4096 16384 65536
@@ -125,7 +125,7 @@ def main():
                       help='timed runs (median on GPU; min, and 1 above 8k, on CPU)')
   parser.add_argument('--max_xla_gb', type=float, default=8.0)
   parser.add_argument('--max_interpret', type=int, default=4096,
-                      help='largest B for Pallas in interpret mode (off GPU)')
+                      help='largest B for Pallas in interpret mode (on a CPU)')
   parser.add_argument('--check', type=int, help='only compare gradients at this B')
   parser.add_argument('--one', nargs=6, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -140,14 +140,16 @@ def main():
     return
 
   import jax  # pylint: disable=g-import-not-at-top
+  from clipjax.kernels import target  # pylint: disable=g-import-not-at-top
   on_gpu = jax.default_backend() == 'gpu'
+  interpreted = target.current()[1]
   results = []
   for loss in args.losses:
     for batch in args.sizes:
       for impl in args.impls:
         if impl == 'xla' and not _xla_fits(batch, args.max_xla_gb):
           continue
-        if impl == 'pallas' and not on_gpu and batch > args.max_interpret:
+        if impl == 'pallas' and interpreted and batch > args.max_interpret:
           continue
         reps = args.reps if batch <= 8192 or on_gpu else 1
         for dtype in args.dtype:

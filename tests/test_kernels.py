@@ -124,23 +124,24 @@ def test_tpu_kernels_over_several_column_blocks(case):
   assert_leaves_close(_leaves(got), _leaves(want), REL_TOL[14.3, 1.0])
 
 
-def _lowered(fn, *args):
-  return jax.jit(fn).trace(*args).lower(lowering_platforms=('tpu',)).as_text()
-
-
-def test_kernels_lower_for_tpu_from_a_cpu_host():
-  """Mosaic's block rules and lowering rules are checked at lowering, which runs here;
-  what a TPU would compile is the tpu_custom_call, never an interpreter."""
+@pytest.mark.parametrize('kind,platform,call,loss_calls', [('tpu', 'tpu', 'tpu_custom_call', 3),
+                                                          ('gpu', 'cuda', '__gpu$xla.gpu.triton', 4)])
+def test_kernels_lower_for_accelerators_from_a_cpu_host(kind, platform, call, loss_calls):
+  """Lowering (Pallas to Mosaic TPU or to Triton, with their block and lowering rules) runs
+  on any host: the accelerators' programs are compiled kernels, never an interpreter. A
+  TPU loss is one forward launch and a dx and a dy launch, a GPU loss two of each."""
   embs = [_emb(i, 40, 24, jnp.bfloat16) for i in range(4)]
   q, k, v, _, keep = _attention_inputs(jnp.bfloat16)
-  with target.use('tpu', interpret=False):
+  lowered = lambda fn, *args: jax.jit(fn).trace(*args).lower(
+      lowering_platforms=(platform,)).as_text()
+  with target.use(kind, interpret=False):
     for name, (kernel, _, num_emb, scalars) in CASES.items():
       args = embs[:num_emb] + [jnp.float32(a) for a in scalars(14.3)]
       loss = functools.partial(kernel, implementation='pallas')
-      text = _lowered(jax.grad(loss, tuple(range(num_emb))), *args)
-      assert text.count('tpu_custom_call') >= 3, name  # forward, dx and dy launches
+      calls = lowered(jax.grad(loss, tuple(range(num_emb))), *args).count(call)
+      assert calls == loss_calls - (name == 'siglip' and kind == 'gpu'), name  # no columns
     attention = lambda q, k, v: jnp.sum(masked_attention(q, k, v, keep, implementation='pallas'))
-    assert _lowered(jax.grad(attention, (0, 1, 2)), q, k, v).count('tpu_custom_call') == 3
+    assert lowered(jax.grad(attention, (0, 1, 2)), q, k, v).count(call) == 3
 
 
 @pytest.mark.parametrize('backend,want', [('tpu', ('tpu', False)), ('gpu', ('gpu', False)),
@@ -234,3 +235,15 @@ def test_masked_attention_equals_model_attention_with_key_mask():
   got = masked_attention(q, k, v, keep, causal=True, implementation='chunked')
   want = layers.attention(q, k, v, causal & keep[:, None, None, :])
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_backward_runs_the_layout_its_forward_was_traced_with():
+  """A vjp taken under `target.use` and pulled back outside it: the TPU forward saved
+  [B, H, T, 1] statistics, which only the TPU backward reads."""
+  q, k, v, d_out, keep = _attention_inputs(jnp.float32)
+  with target.use('tpu', interpret=True):
+    _, vjp = jax.vjp(lambda q, k, v: masked_attention(q, k, v, keep, implementation='pallas'),
+                     q, k, v)
+  got = vjp(d_out)
+  want = _attention_vjp('xla', q, k, v, d_out, keep)[1]
+  assert_leaves_close(got, want, 2e-6)

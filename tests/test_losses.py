@@ -163,15 +163,19 @@ MESH_SCRIPT = textwrap.dedent('''
   import json, sys
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import NamedSharding, PartitionSpec as P
+  import contextlib
   from clipjax import losses
+  from clipjax.kernels import target
   assert jax.device_count() == 8
   impls = json.loads(sys.argv[1])
   rng = np.random.default_rng(0)
   n, d = 48, 16
   unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
   xs, ys, xt, yt = (jnp.asarray(unit(rng.normal(size=(n, d))), jnp.float32) for _ in range(4))
-  # 'chunked+ring': implementation 'chunked' with collective 'ring'.
-  kw = lambda impl: dict(zip(('implementation', 'collective'), impl.split('+')))
+  # 'chunked+ring': implementation 'chunked' with collective 'ring'; 'pallas_tpu' is
+  # 'pallas' in the TPU layout (JAX's TPU interpreter).
+  kw = lambda impl: dict(zip(('implementation', 'collective'),
+                             impl.replace('pallas_tpu', 'pallas').split('+')))
   cases = {
     'clip': (lambda a, b, c, e, s, impl: losses.clip_loss(a, b, s, **kw(impl))),
     'siglip': (lambda a, b, c, e, s, impl: losses.siglip_loss(a, b, s, -s, **kw(impl))),
@@ -192,7 +196,9 @@ MESH_SCRIPT = textwrap.dedent('''
       for impl in impls:
         if impl.startswith('pallas') and len(shape) < 3:  # interpreted: slow; 3 axes suffice
           continue
-        with jax.set_mesh(mesh):
+        on_tpu = (target.use('tpu', interpret=True) if impl.startswith('pallas_tpu')
+                  else contextlib.nullcontext())
+        with jax.set_mesh(mesh), on_tpu:
           step = jax.value_and_grad(fn, argnums=(0, 1, 4))
           if impl != 'xla':  # the lean paths must run per device, not via GSPMD
             assert 'shard_map' in str(jax.make_jaxpr(step, static_argnums=5)(*args, scale, impl))
@@ -225,10 +231,12 @@ def run_on_8_devices(impls, script=MESH_SCRIPT):
 
 
 def test_sharded_equals_single_device():
-  """Gathered and ring paths, 8 devices over one, two and three mesh axes."""
-  errors = run_on_8_devices(list(IMPLS) + ['chunked+ring', 'pallas+ring'])
-  assert len(errors) == 9 * (len(IMPLS) - 1) + 3 + 9 + 3 + 2
-  assert sum('ring' in case for case in errors) == 12
+  """Gathered and ring paths, 8 devices over one, two and three mesh axes (interpreted
+  Pallas, GPU and TPU layouts, on the three-axis mesh only)."""
+  errors = run_on_8_devices(list(IMPLS) + ['chunked+ring', 'pallas+ring', 'pallas_tpu',
+                                           'pallas_tpu+ring'])
+  assert len(errors) == 9 * (len(IMPLS) - 1) + 3 + 9 + 3 * 3 + 2
+  assert sum('ring' in case for case in errors) == 15
   for case, err in errors.items():
     assert err < 5e-5, (case, err)
 

@@ -46,11 +46,13 @@ def masked_attention(q, k, v, keep_mask=None, *, causal=False, implementation='a
                      f'{k.shape[:2]}')
   if implementation == 'xla':
     return reference_attention(q, k, v, keep_mask, causal)
-  fn = _chunked if implementation == 'chunked' else _pallas
-  block = block or (CHUNKED_BLOCK if implementation == 'chunked' else PALLAS_BLOCK)
+  if implementation == 'chunked':
+    fn, cfg = _chunked, (block or CHUNKED_BLOCK, causal)
+  else:  # the target is fixed when the forward is traced, for the backward too
+    fn, cfg = _pallas, (block or PALLAS_BLOCK, causal) + tuple(target.current())
   # [B, T, H, D] -> [B, H, T, D]: blocks run along T.
   to_bh = lambda a: jnp.swapaxes(a, 1, 2)
-  out = fn(to_bh(q), to_bh(k), to_bh(v), keep_mask.astype(jnp.float32), (block, causal))
+  out = fn(to_bh(q), to_bh(k), to_bh(v), keep_mask.astype(jnp.float32), cfg)
   return jnp.swapaxes(out, 1, 2)
 
 
@@ -200,14 +202,26 @@ def _ids(i, bt):
   return i * bt + jax.lax.broadcasted_iota(jnp.int32, (bt,), 0)
 
 
+def _at(j, bt):
+  """Rows j*bt .. (j+1)*bt of a ref, aligned to the block (a hint Mosaic needs)."""
+  return pl.ds(pl.multiple_of(j * bt, bt), bt)
+
+
+def _dot(a, b, contract_a, contract_b):
+  """a . b over the named axes in float32: transposed operands without an in-kernel
+  transpose."""
+  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
 def _attn_fwd_kernel(scale, bt, nk, causal, tpu, q_ref, k_ref, v_ref, keep_ref, o_ref, lse_ref):
   q = q_ref[...]
   qid = _ids(pl.program_id(2), bt)
 
   def body(j, carry):
     m, l, acc = carry
-    sl = pl.ds(j * bt, bt)
-    s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
+    sl = _at(j, bt)
+    s = _dot(q, k_ref[sl, :], 1, 1) * scale
     s = _mask(s, _key_row(keep_ref, sl, tpu), qid, _ids(j, bt), causal)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.exp(s - m_new[:, None])
@@ -232,12 +246,12 @@ def _attn_dq_kernel(scale, bt, nk, causal, tpu, q_ref, k_ref, v_ref, keep_ref, d
   lse, delta = _query_col(lse_ref, every, tpu), _query_col(delta_ref, every, tpu)
 
   def body(j, dq):
-    sl = pl.ds(j * bt, bt)
+    sl = _at(j, bt)
     k = k_ref[sl, :].astype(jnp.float32)
-    s = jnp.dot(q, k_ref[sl, :].T, preferred_element_type=jnp.float32) * scale
+    s = _dot(q, k_ref[sl, :], 1, 1) * scale
     s = _mask(s, _key_row(keep_ref, sl, tpu), qid, _ids(j, bt), causal)
     p = jnp.exp(s - lse)
-    dp = jnp.dot(do, v_ref[sl, :].astype(jnp.float32).T, preferred_element_type=jnp.float32)
+    dp = _dot(do, v_ref[sl, :].astype(jnp.float32), 1, 1)
     return dq + jnp.dot(p * (dp - delta) * scale, k, preferred_element_type=jnp.float32)
 
   dq_ref[...] = jax.lax.fori_loop(0, nk, body, jnp.zeros(q.shape, jnp.float32)).astype(dq_ref.dtype)
@@ -251,16 +265,16 @@ def _attn_dkv_kernel(scale, bt, nq, causal, tpu, q_ref, k_ref, v_ref, keep_ref, 
 
   def body(i, carry):
     dk, dv = carry
-    sl = pl.ds(i * bt, bt)
+    sl = _at(i, bt)
     q = q_ref[sl, :]
     do = do_ref[sl, :].astype(jnp.float32)
-    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
+    s = _dot(q, k, 1, 1) * scale
     s = _mask(s, keep, _ids(i, bt), kid, causal)
     p = jnp.exp(s - _query_col(lse_ref, sl, tpu))
-    dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+    dp = _dot(do, v, 1, 1)
     ds = p * (dp - _query_col(delta_ref, sl, tpu)) * scale
-    dv = dv + jnp.dot(p.T, do, preferred_element_type=jnp.float32)
-    dk = dk + jnp.dot(ds.T, q.astype(jnp.float32), preferred_element_type=jnp.float32)
+    dv = dv + _dot(p, do, 0, 0)
+    dk = dk + _dot(ds, q.astype(jnp.float32), 0, 0)
     return dk, dv
 
   zeros = jnp.zeros(k.shape, jnp.float32)
@@ -269,8 +283,7 @@ def _attn_dkv_kernel(scale, bt, nq, causal, tpu, q_ref, k_ref, v_ref, keep_ref, 
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, *args):
-  kind = 'tpu' if target.current()[0] == 'tpu' else 'gpu'
+def _call(kernel, grid, in_specs, out_specs, out_shape, kind, interpret, *args):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                         out_shape=out_shape,
                         **target.call_kwargs(kind, interpret, num_warps=NUM_WARPS,
@@ -298,8 +311,7 @@ def _pallas(q, k, v, keep, cfg):
 
 
 def _pallas_fwd(q, k, v, keep, cfg):
-  block, causal = cfg
-  kind, interpret = target.current()
+  block, causal, kind, interpret = cfg
   tpu = kind == 'tpu'
   b, h, t, d = q.shape
   qp, kp, vp, keepp, bt = _pad_all(q, k, v, keep, block, tpu)
@@ -311,15 +323,14 @@ def _pallas_fwd(q, k, v, keep, cfg):
       [_spec(tp, dp, bt, True), _spec(tp, dp, bt, False), _spec(tp, dp, bt, False), keep_full],
       [_spec(tp, dp, bt, True), stat_blk],
       [jax.ShapeDtypeStruct(qp.shape, q.dtype), jax.ShapeDtypeStruct(stat_shape, jnp.float32)],
-      interpret, qp, kp, vp, keepp)
+      kind, interpret, qp, kp, vp, keepp)
   out = out[:, :, :t, :d]
   return out, (q, k, v, keep, out, lse)
 
 
 def _pallas_bwd(cfg, res, d_out):
-  block, causal = cfg
+  block, causal, kind, interpret = cfg
   q, k, v, keep, out, lse = res
-  kind, interpret = target.current()
   tpu = kind == 'tpu'
   b, h, t, d = q.shape
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)
@@ -332,12 +343,12 @@ def _pallas_bwd(cfg, res, d_out):
   blk, full = _spec(tp, dp, bt, True), _spec(tp, dp, bt, False)
   dq = _call(functools.partial(_attn_dq_kernel, d ** -0.5, bt, tp // bt, causal, tpu), grid,
              [blk, full, full, keep_full, blk, row_blk, row_blk], blk,
-             jax.ShapeDtypeStruct(qp.shape, q.dtype), interpret, qp, kp, vp, keepp, dop, lse,
-             delta)
+             jax.ShapeDtypeStruct(qp.shape, q.dtype), kind, interpret, qp, kp, vp, keepp, dop,
+             lse, delta)
   dk, dv = _call(functools.partial(_attn_dkv_kernel, d ** -0.5, bt, tp // bt, causal, tpu), grid,
                  [full, blk, blk, keep_blk, full, row_full, row_full], [blk, blk],
                  [jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(vp.shape, v.dtype)],
-                 interpret, qp, kp, vp, keepp, dop, lse, delta)
+                 kind, interpret, qp, kp, vp, keepp, dop, lse, delta)
   crop = lambda a: a[:, :, :t, :d]
   return crop(dq), crop(dk), crop(dv), jnp.zeros_like(keep)
 

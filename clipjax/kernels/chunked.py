@@ -348,7 +348,13 @@ def _affinity_bwd(block, res, cot):
 
 _affinity_stats.defvjp(_affinity_fwd, _affinity_bwd)
 
-# Each statistic's (forward, backward) for callers that split the sweep over devices (ring.py).
+def config(block):
+  """The statistics' non-differentiable configuration (PASSES' `block` argument)."""
+  return block
+
+
+# Each statistic's (forward, backward) for callers that split the sweep over devices (ring.py);
+# their `block` argument is config(block).
 PASSES = {'contrastive': (_contrastive_fwd, _contrastive_bwd),
           'sigmoid': (_sigmoid_fwd, _sigmoid_bwd),
           'affinity': (_affinity_fwd, _affinity_bwd)}

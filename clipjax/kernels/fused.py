@@ -57,7 +57,6 @@ def _run(body, args, replicated, mesh, num_rows, implementation):
   collectives inside is exact whether or not shard_map checks varying axes: Pallas
   interpret mode cannot run with check_vma on, compiled kernels and XLA can.
   """
-  from clipjax.kernels import target  # pylint: disable=g-import-not-at-top
   axes = _batch_axes(mesh)
   if not axes:
     return body(*args, *replicated, axes=())
@@ -69,7 +68,10 @@ def _run(body, args, replicated, mesh, num_rows, implementation):
     raise ValueError(f'clipjax.kernels: batch of {num_rows} rows does not split over mesh '
                      f'axes {axes} ({shards} shards)')
   spec = P(axes)
-  check_vma = implementation != 'pallas' or not target.current()[1]
+  check_vma = True
+  if implementation == 'pallas':
+    from clipjax.kernels import target  # pylint: disable=g-import-not-at-top
+    check_vma = not target.current()[1]
   fn = jax.shard_map(lambda *a: body(*a, axes=axes)[None], mesh=mesh,
                      in_specs=(spec,) * len(args) + (P(),) * len(replicated), out_specs=spec,
                      check_vma=check_vma)

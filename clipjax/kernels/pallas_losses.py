@@ -356,9 +356,16 @@ def _pad_rows(a, rows):
   return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
 
-def _stats(tile_fn, merge_fn, init, rows, cols, scalars, row_offset, block, columns=True):
-  """(row statistics, column statistics or ()) on the current target."""
-  kind, interpret = target.current()
+def config(block):
+  """The non-differentiable configuration of a statistic: (tile, target kind, interpret).
+  The target is read once, when the forward is traced, so a backward pass traced later
+  (outside `target.use`) runs the same layout."""
+  return (block,) + tuple(target.current())
+
+
+def _stats(tile_fn, merge_fn, init, rows, cols, scalars, row_offset, cfg, columns=True):
+  """(row statistics, column statistics or ()) on the target `cfg` names."""
+  block, kind, interpret = cfg
   n, m = rows[0].shape[0], cols[0].shape[0]
   if kind == 'tpu':
     return _tpu_sweep_call(tile_fn, merge_fn, init, rows, cols, scalars, _off(row_offset, 0),
@@ -370,9 +377,9 @@ def _stats(tile_fn, merge_fn, init, rows, cols, scalars, row_offset, block, colu
   return row, col
 
 
-def _grad(tile_fn, rows, cols, row_aux, col_aux, scalars, row_offset, block, num_extras):
+def _grad(tile_fn, rows, cols, row_aux, col_aux, scalars, row_offset, cfg, num_extras):
   """(dx, dy, extras): G @ y from a launch over row blocks, G.T @ x from one over columns."""
-  kind, interpret = target.current()
+  block, kind, interpret = cfg
   call = _tpu_grad_call if kind == 'tpu' else _grad_call
   n, m = rows[0].shape[0], cols[0].shape[0]
   dx, extras = call(tile_fn, rows, cols, row_aux, col_aux, scalars, _off(row_offset, 0), n, m,
@@ -391,24 +398,25 @@ def _off(*offsets):
 
 def contrastive_stats(x, y, scale, block=DEFAULT_BLOCK):
   """(row_lse [n], col_lse [m]) of L = scale * x @ y.T, in float32."""
-  return _contrastive_stats(x, y, ck.like((x, y), jnp.asarray(scale, jnp.float32)), block)
+  scale = ck.like((x, y), jnp.asarray(scale, jnp.float32))
+  return _contrastive_stats(x, y, scale, config(block))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _contrastive_stats(x, y, scale, block):
-  return _contrastive_fwd(x, y, scale, block)[0]
+def _contrastive_stats(x, y, scale, cfg):
+  return _contrastive_fwd(x, y, scale, cfg)[0]
 
 
-def _contrastive_fwd(x, y, scale, block):
+def _contrastive_fwd(x, y, scale, cfg):
   (r,), (c,) = _stats(ck.contrastive_tile, ck.contrastive_merge, (ck.NEG,), [x], [y], (scale,),
-                      0, block)
+                      0, cfg)
   return (r, c), (x, y, scale, r, c)
 
 
-def _contrastive_bwd(block, res, cot):
+def _contrastive_bwd(cfg, res, cot):
   x, y, scale, r, c = res
   dx, dy, (ds,) = _grad(ck.contrastive_grad_tile, [x], [y], [r, cot[0]], [c, cot[1]], (scale,),
-                        0, block, 1)
+                        0, cfg, 1)
   return ck.cast_like(scale * dx, x), ck.cast_like(scale * dy, y), ck.cast_like(ds, scale)
 
 
@@ -418,25 +426,26 @@ _contrastive_stats.defvjp(_contrastive_fwd, _contrastive_bwd)
 def sigmoid_rows(x, y, scale, bias, row_offset, block=DEFAULT_BLOCK):
   """Per-row sum_j -log sigmoid(z_ij (scale x_i.y_j + bias)), z = +1 iff row_offset+i == j."""
   scalars = ck.like((x, y), (jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)))
-  return _sigmoid_rows(x, y, scalars, ck.like((x, y), jnp.asarray(row_offset, jnp.int32)), block)
+  return _sigmoid_rows(x, y, scalars, ck.like((x, y), jnp.asarray(row_offset, jnp.int32)),
+                       config(block))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _sigmoid_rows(x, y, scalars, row_offset, block):
-  return _sigmoid_fwd(x, y, scalars, row_offset, block)[0]
+def _sigmoid_rows(x, y, scalars, row_offset, cfg):
+  return _sigmoid_fwd(x, y, scalars, row_offset, cfg)[0]
 
 
-def _sigmoid_fwd(x, y, scalars, row_offset, block):
-  (rows,), _ = _stats(ck.sigmoid_tile, ck.sum_merge, (0.0,), [x], [y], scalars, row_offset, block,
+def _sigmoid_fwd(x, y, scalars, row_offset, cfg):
+  (rows,), _ = _stats(ck.sigmoid_tile, ck.sum_merge, (0.0,), [x], [y], scalars, row_offset, cfg,
                       columns=False)
   return rows, (x, y, scalars, row_offset)
 
 
-def _sigmoid_bwd(block, res, g_rows):
+def _sigmoid_bwd(cfg, res, g_rows):
   x, y, scalars, row_offset = res
   g_cols = jnp.zeros((y.shape[0],), jnp.float32)
   dx, dy, (ds, db) = _grad(ck.sigmoid_grad_tile, [x], [y], [g_rows], [g_cols], scalars,
-                           row_offset, block, 2)
+                           row_offset, cfg, 2)
   scale = scalars[0]
   return (ck.cast_like(scale * dx, x), ck.cast_like(scale * dy, y),
           (ck.cast_like(ds, scale), ck.cast_like(db, scalars[1])), None)
@@ -449,26 +458,26 @@ def affinity_stats(xs, ys, xt, yt, s_scale, t_scale, block=DEFAULT_BLOCK):
   """Row and column (s_lse, t_lse, w) statistics; see `chunked.affinity_stats`."""
   scalars = ck.like((xs, ys, xt, yt),
                     (jnp.asarray(s_scale, jnp.float32), jnp.asarray(t_scale, jnp.float32)))
-  return _affinity_stats(xs, ys, xt, yt, scalars, block)
+  return _affinity_stats(xs, ys, xt, yt, scalars, config(block))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _affinity_stats(xs, ys, xt, yt, scalars, block):
-  return _affinity_fwd(xs, ys, xt, yt, scalars, block)[0]
+def _affinity_stats(xs, ys, xt, yt, scalars, cfg):
+  return _affinity_fwd(xs, ys, xt, yt, scalars, cfg)[0]
 
 
-def _affinity_fwd(xs, ys, xt, yt, scalars, block):
+def _affinity_fwd(xs, ys, xt, yt, scalars, cfg):
   row, col = _stats(ck.affinity_tile, ck.affinity_merge, (ck.NEG, ck.NEG, 0.0), [xs, xt],
-                    [ys, yt], scalars, 0, block)
+                    [ys, yt], scalars, 0, cfg)
   return (row, col), (xs, ys, xt, yt, scalars, row, col)
 
 
-def _affinity_bwd(block, res, cot):
+def _affinity_bwd(cfg, res, cot):
   xs, ys, xt, yt, scalars, row, col = res
   (g_rs, _, g_rw), (g_cs, _, g_cw) = cot
   raux, caux = [row[0], row[1], g_rs, g_rw], [col[0], col[1], g_cs, g_cw]
   dx, dy, (ds,) = _grad(ck.affinity_grad_tile, [xs, xt], [ys, yt], raux, caux, scalars, 0,
-                        block, 1)
+                        cfg, 1)
   s_scale = scalars[0]
   return (ck.cast_like(s_scale * dx, xs), ck.cast_like(s_scale * dy, ys), jnp.zeros_like(xt),
           jnp.zeros_like(yt), (ck.cast_like(ds, s_scale), jnp.zeros_like(scalars[1])))
@@ -476,7 +485,8 @@ def _affinity_bwd(block, res, cot):
 
 _affinity_stats.defvjp(_affinity_fwd, _affinity_bwd)
 
-# Each statistic's (forward, backward) for callers that split the sweep over devices (ring.py).
+# Each statistic's (forward, backward) for callers that split the sweep over devices (ring.py);
+# their `cfg` argument is config(block).
 PASSES = {'contrastive': (_contrastive_fwd, _contrastive_bwd),
           'sigmoid': (_sigmoid_fwd, _sigmoid_bwd),
           'affinity': (_affinity_fwd, _affinity_bwd)}

@@ -12,7 +12,8 @@ The backward pass is a second ring: the tile gradient of a loss written in (row,
 statistics is a function of the *final* statistics and their cotangents (e.g. for CLIP
 G_ij = g_i e^{L_ij - r_i} + g_j e^{L_ij - c_j}), so each step calls the implementation's
 own backward with the final statistics of its rows and of the block in hand. dy travels
-with its block, in float32, and arrives home with the last hop.
+with its block and arrives home with the last hop; it is summed in float32 (each step's
+part comes in the embeddings' dtype, as the implementation's backward returns it).
 """
 import functools
 
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 from clipjax.kernels import chunked as ck
 
 
-def _adapters(ops, block):
-  """(forward, backward, merge, init, has_columns) per statistic, over `ops`'s passes.
+def _adapters(ops, cfg):
+  """(forward, backward, merge, init, has_columns) per statistic, over `ops`'s passes
+  (`cfg`: ops.config(block), fixed when the forward is traced).
 
   forward(rows, cols, scalars, offset) -> (row stats, column stats), tuples of vectors;
   backward(rows, cols, scalars, offset, row, col, g_row, g_col) -> (dx, dy, dscalars);
@@ -34,25 +36,25 @@ def _adapters(ops, block):
   af, ab = ops.PASSES['affinity']
 
   def contrastive_fwd(rows, cols, scalars, offset):
-    (r, c), _ = cf(rows[0], cols[0], scalars[0], block)
+    (r, c), _ = cf(rows[0], cols[0], scalars[0], cfg)
     return (r,), (c,)
 
   def contrastive_bwd(rows, cols, scalars, offset, row, col, g_row, g_col):
-    dx, dy, ds = cb(block, (rows[0], cols[0], scalars[0], row[0], col[0]), (g_row[0], g_col[0]))
+    dx, dy, ds = cb(cfg, (rows[0], cols[0], scalars[0], row[0], col[0]), (g_row[0], g_col[0]))
     return dx, dy, (ds,)
 
   def sigmoid_fwd(rows, cols, scalars, offset):
-    return (sf(rows[0], cols[0], scalars, offset, block)[0],), ()
+    return (sf(rows[0], cols[0], scalars, offset, cfg)[0],), ()
 
   def sigmoid_bwd(rows, cols, scalars, offset, row, col, g_row, g_col):
-    dx, dy, dscalars, _ = sb(block, (rows[0], cols[0], scalars, offset), g_row[0])
+    dx, dy, dscalars, _ = sb(cfg, (rows[0], cols[0], scalars, offset), g_row[0])
     return dx, dy, dscalars
 
   def affinity_fwd(rows, cols, scalars, offset):
-    return af(*rows[:1], *cols[:1], *rows[1:], *cols[1:], scalars, block)[0]
+    return af(*rows[:1], *cols[:1], *rows[1:], *cols[1:], scalars, cfg)[0]
 
   def affinity_bwd(rows, cols, scalars, offset, row, col, g_row, g_col):
-    grads = ab(block, (rows[0], cols[0], rows[1], cols[1], scalars, row, col), (g_row, g_col))
+    grads = ab(cfg, (rows[0], cols[0], rows[1], cols[1], scalars, row, col), (g_row, g_col))
     return grads[0], grads[1], grads[4]
 
   return {
@@ -68,7 +70,7 @@ def ring_stats(statistic, ops, block, axes, rows, cols, scalars):
   Runs inside shard_map over `axes`; rows / cols are tuples of local [n, D] operands
   (student first, then teacher for affinity), scalars a tuple of float32 scalars.
   """
-  spec = _adapters(ops, block)[statistic]
+  spec = _adapters(ops, ops.config(block))[statistic]
   rows, cols, scalars = ck.like((rows, cols), (tuple(rows), tuple(cols), tuple(scalars)))
   return _ring(spec, axes, rows, cols, scalars)
 
