@@ -18,9 +18,6 @@ from typing import Optional
 
 import numpy as np
 import threadpoolctl
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-
 from clipjax.evaluate import datasets
 from clipjax.evaluate.metrics import classification_metrics
 
@@ -31,9 +28,13 @@ LOG10_C_FINEST = 1.0 / 8.0  # 8 steps per decade: the paper's 96 steps over 12 d
 SINGLE_THREAD_MAX_SIZE = 1 << 22  # feature-matrix entries
 
 
-def fit_logistic(features, labels, c: float, max_iter: int = 1000) -> LogisticRegression:
-  """L-BFGS multinomial logistic regression. Small problems run on one BLAS thread: their
-  matrix products are too small to split, and on a busy host threads make them ~10x slower."""
+def fit_logistic(features, labels, c: float, max_iter: int = 1000):
+  """L-BFGS multinomial logistic regression (a fitted sklearn LogisticRegression). Small
+  problems run on one BLAS thread: their matrix products are too small to split, and on a
+  busy host threads make them ~10x slower. sklearn is imported here, not with the module:
+  it costs ~0.8 s of the start of every run, most of which never probe."""
+  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   limit = 1 if np.size(features) <= SINGLE_THREAD_MAX_SIZE else None
   with warnings.catch_warnings(), threadpoolctl.threadpool_limits(limits=limit, user_api='blas'):
     warnings.simplefilter('ignore', ConvergenceWarning)  # extreme C in the sweep

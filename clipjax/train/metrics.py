@@ -1,14 +1,30 @@
 """Where numbers go: metrics.jsonl, eval.json, TensorBoard and the progress bar (process 0 only)."""
 import json
+import sys
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from clipjax.evaluate import report
 
 # Measured on the clock, so they differ between a run and its resumed copy.
 WALL_CLOCK_KEYS = ('examples_per_sec', 'tflops_per_device', 'mfu')
+
+
+def _summary_writer(logdir):
+  """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch
+  whenever it is installed, only to accept torch tensors (we log floats), and that import
+  is ~1 s of every run's start; a None in sys.modules makes it take its numpy-only path.
+  A later `import torch` in this process works as usual."""
+  blocked = 'torch' not in sys.modules
+  if blocked:
+    sys.modules['torch'] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if blocked:
+      del sys.modules['torch']
+  return SummaryWriter(logdir)
 
 
 class MetricWriter:
@@ -20,7 +36,7 @@ class MetricWriter:
     self.history_path = self.workdir / 'eval_history.jsonl'
     self._tb = None
     if enabled:
-      self._tb = SummaryWriter(str(self.workdir / 'tensorboard'))
+      self._tb = _summary_writer(str(self.workdir / 'tensorboard'))
 
   def truncate_after(self, step: int) -> None:
     """On resume, drop lines a killed run logged after its last checkpoint."""
