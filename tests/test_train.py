@@ -176,6 +176,8 @@ def test_stop_at_step_then_resume_equals_one_run(tmp_path):
   rest = run('split')
   rest.train()
   assert int(rest.state.step) == 6
+  events = list((tmp_path / 'split' / 'tensorboard').glob('events.out.tfevents.*'))
+  assert events and all(b'train/loss' in e.read_bytes() for e in events)  # one per start
   for a, b in zip(jax.tree_util.tree_leaves(whole.state.params),
                   jax.tree_util.tree_leaves(rest.state.params)):
     np.testing.assert_array_equal(a, b)
