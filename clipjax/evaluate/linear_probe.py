@@ -32,7 +32,8 @@ def fit_logistic(features, labels, c: float, max_iter: int = 1000):
   """L-BFGS multinomial logistic regression (a fitted sklearn LogisticRegression). Small
   problems run on one BLAS thread: their matrix products are too small to split, and on a
   busy host threads make them ~10x slower. sklearn is imported here, not with the module:
-  it costs ~0.8 s of the start of every run, most of which never probe."""
+  it is ~0.8 s of the start of every run (`python -X importtime -c "import
+  sklearn.linear_model"`), and most runs never probe."""
   from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   limit = 1 if np.size(features) <= SINGLE_THREAD_MAX_SIZE else None

@@ -14,7 +14,8 @@ WALL_CLOCK_KEYS = ('examples_per_sec', 'tflops_per_device', 'mfu')
 def _summary_writer(logdir):
   """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch
   whenever it is installed, only to accept torch tensors (we log floats), and that import
-  is ~1 s of every run's start; a None in sys.modules makes it take its numpy-only path.
+  is ~1 s of every run's start (`python -X importtime -c "import tensorboardX"`); a None
+  in sys.modules makes it take its numpy-only path.
   A later `import torch` in this process works as usual."""
   blocked = 'torch' not in sys.modules
   if blocked:
