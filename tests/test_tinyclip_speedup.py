@@ -22,16 +22,26 @@ STEPS, EVAL_EVERY = 1500, 50
 # affinity from scratch 550 / 750 / 650 (speed-up 2.8x-6.5x), InfoNCE from scratch
 # 1000 / 1250 / 800. Stopped past the seeds' most; the speed-up asserted at the seeds'
 # least (2.75) less one evaluation of the inherited student (550 / 250 = 2.2).
-STOP = {'affinity_inherited': 300, 'affinity_scratch': 800}
+# Each student runs to the first stop and, only if it has not reached the teacher by then,
+# resumes (bit for bit) to the next: seed 0 needs only the first.
+STOPS = {'affinity_inherited': (250, 300), 'affinity_scratch': (600, 800)}
 MIN_SPEEDUP = 2.2
+
+
+def _steps_to_teacher(name, folder, teacher, workdir):
+  for stop in STOPS[name]:
+    steps = bench.train_student(name, folder, teacher, 0, STEPS, EVAL_EVERY, workdir,
+                                stop_at=stop)
+    if steps <= stop:
+      break
+  return steps
 
 
 @pytest.mark.slow
 def test_inherited_student_reaches_teacher_sooner(tmp_path):
   folder, teacher = bench.train_teacher(str(tmp_path / 'teacher'))
-  steps = {name: bench.train_student(name, folder, teacher, 0, STEPS, EVAL_EVERY,
-                                     str(tmp_path / name), stop_at=stop)
-           for name, stop in STOP.items()}
+  steps = {name: _steps_to_teacher(name, folder, teacher, str(tmp_path / name))
+           for name in STOPS}
   print(f'teacher {teacher}; steps to teacher-5 points on both tasks: {steps}')
-  assert steps['affinity_scratch'] <= STOP['affinity_scratch'], (teacher, steps)  # it finishes
+  assert steps['affinity_scratch'] <= STOPS['affinity_scratch'][-1], (teacher, steps)  # finishes
   assert steps['affinity_scratch'] >= MIN_SPEEDUP * steps['affinity_inherited'], (teacher, steps)
