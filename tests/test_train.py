@@ -197,6 +197,13 @@ def test_init_from_checkpoint_replaces_only_the_named_tower(tmp_path):
   assert not np.array_equal(donor_params['textual']['proj'], fresh['textual']['proj'])
 
 
+def test_bad_loss_options_stop_the_run_at_its_start(tmp_path):
+  with pytest.raises(ValueError, match="collective='ring' needs a tiled"):
+    Trainer(tiny_config(loss_implementation='xla', loss_collective='ring'), tmp_path)
+  with pytest.raises(ValueError, match="implementation='fast'"):
+    Trainer(tiny_config(loss_implementation='fast'), tmp_path)
+
+
 def test_mesh_shapes_and_errors():
   assert sharding.mesh_shape(-1, 2, 2, 8) == (2, 2, 2)
   assert sharding.mesh_shape(2, -1, 1, 8) == (2, 4, 1)

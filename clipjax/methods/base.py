@@ -21,6 +21,7 @@ import numpy as np
 from clipjax import models, sharding
 from clipjax.data import transforms
 from clipjax.evaluate import EvalView
+from clipjax.kernels import fused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Method:
     self.config = config
     self.mesh = mesh  # losses shard their work over its batch axes (clipjax/kernels)
     self.tokenizer = tokenizer
+    loss = self.loss_kwargs()  # a bad loss option stops the run at its start, not at its trace
+    fused.resolve(loss['implementation'], loss['collective'])
     m = config.model
     self.model = models.build_clip(
         m.name, dtype=jnp.dtype(m.get('dtype', 'float32')),
