@@ -60,10 +60,15 @@ def _tiles(n, m, block):
   return pow2_block(n, br), pow2_block(m, bc)
 
 
+def _pad_rows(a, rows):
+  """Zero-pads the leading axis to `rows` (a TPU block may span a whole feature axis)."""
+  return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+
+
 def _pad(a, rows):
   """Zero-pads rows to `rows` and the feature axis to a power of two (Triton block rule)."""
   if a.ndim == 1:
-    return jnp.pad(a, (0, rows - a.shape[0]))
+    return _pad_rows(a, rows)
   width = max(16, 1 << (a.shape[1] - 1).bit_length())
   return jnp.pad(a, ((0, rows - a.shape[0]), (0, width - a.shape[1])))
 
@@ -350,10 +355,6 @@ def _tpu_grad_call(tile_fn, rows, cols, row_aux, col_aux, scalars, offsets, n, m
       [out((n_pad, width))] + [out((n_pad, 1)) for _ in range(num_extras)],
       interpret, 'tiled_loss_grad_tpu', *rows, *cols, *row_aux, *col_aux, scalar_arr, offset_arr)
   return dx[:n], tuple(jnp.sum(e[:n]) for e in extras)
-
-
-def _pad_rows(a, rows):
-  return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
 
 def config(block):

@@ -76,7 +76,8 @@ def ring_stats(statistic, ops, block, axes, rows, cols, scalars):
 
 
 def _topology(axes, n):
-  """(hop to the next device, source device of the block in hand at step s -> offset)."""
+  """(ring size, hop: a tree sent to the next device, offset: step s -> the global row id
+  of local row 0 minus that of the first column of the block in hand)."""
   size = jax.lax.axis_size(axes)
   me = jax.lax.axis_index(axes)
   perm = [(i, (i + 1) % size) for i in range(size)]
