@@ -29,6 +29,7 @@ setup(
         'safetensors>=0.5,<1',
         'numpy>=1.26,<3',
         'Pillow>=10,<14',
+        'simplejpeg>=1.8,<2',  # libjpeg-turbo into numpy: the loader's JPEG decode
         'fsspec>=2024.2',
         'tqdm>=4.66,<5',
         'tensorboardX>=2.6,<3',

@@ -91,6 +91,34 @@ def test_jpeg_draft_decodes_smaller_but_large_enough():
   assert small.shape == (120, 160, 3)  # 1/4 scale: smallest DCT scale with sides >= 100
 
 
+def _pillow_decode(data: bytes, draft_size=None) -> np.ndarray:
+  image = Image.open(io.BytesIO(data))
+  if draft_size:
+    image.draft('RGB', (draft_size, draft_size))
+  return np.asarray(image.convert('RGB'))
+
+
+def test_jpegs_decode_to_pillows_pixels():
+  """JPEGs go through simplejpeg: the same pixels as Pillow's own decode, draft scale
+  included, for real photos (sklearn's) and every layout a writer makes."""
+  from sklearn.datasets import load_sample_images
+  photos = [Image.fromarray(a) for a in load_sample_images().images]
+  datas = [_encode(p, 'JPEG', quality=q) for p, q in zip(photos, (95, 75))]
+  base = photos[0].resize((333, 501))
+  for options in (dict(quality=90), dict(quality=80, subsampling=0),
+                  dict(quality=85, subsampling=1), dict(quality=85, progressive=True)):
+    datas.append(_encode(base, 'JPEG', **options))
+  datas.append(_encode(base.convert('L'), 'JPEG'))
+  for data in datas:
+    for draft_size in (None, 224, 100, 60):
+      out = sources.decode_image(data, draft_size=draft_size, as_array=False)
+      assert isinstance(out, np.ndarray)  # not through Pillow
+      np.testing.assert_array_equal(out, _pillow_decode(data, draft_size))
+  with pytest.raises(sources.BadSample, match='image_too_large'):
+    sources.decode_image(datas[0], max_pixels=1000)
+  assert sources.decode_image(datas[0], draft_size=50, max_pixels=100_000).shape[:2] == (54, 80)
+
+
 def test_decode_text():
   assert sources.decode_text(b'  a red\n circle ') == 'a red circle'
   assert sources.decode_text('caf\u00e9'.encode()) == 'caf\u00e9'
