@@ -100,7 +100,7 @@ def _captions_spec(config) -> list:
 
 # Data keys that change how training reads the data, not what each sample's captions are.
 _READING_KEYS = ('num_workers', 'shuffle_buffer', 'cycle_length', 'read_threads', 'process_split',
-                 'augment', 'label_noise', 'mean', 'std', 'text_features')
+                 'augment', 'label_noise', 'mean', 'std', 'text_features', 'canvas_size')
 
 
 def data_identity(data_config) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from clipjax import sharding
+from clipjax.data import device_resize
 from clipjax.data.pipeline import Apply
 from clipjax.data.sources import SKIP_KEY
 
@@ -43,7 +44,7 @@ def _compiled(fn, mesh):
   """fn and the batch's validity, both gathered to every device (compiled once per fn)."""
   def run(args, batch):
     valid = batch.pop(VALID)
-    return fn(*args, batch), valid
+    return fn(*args, device_resize.finish(batch)), valid
   return jax.jit(run, out_shardings=NamedSharding(mesh, P()))
 
 

@@ -12,9 +12,10 @@ SOURCE = shapes.ShapesSource('train', N, 32, seed=0)
 TOK = Tokenizer.train(SOURCE.captions(), vocab_size=512)
 
 
-def loader(batch=16, seed=0, augment=None, extra_keys=('index',), **kw):
+def loader(batch=16, seed=0, augment=None, extra_keys=('index',), canvas_size=0, **kw):
   return pipeline.make_train_loader(
-      SOURCE, transforms.ImageText(TOK, 24, 32, augment=augment, extra_keys=extra_keys),
+      SOURCE, transforms.ImageText(TOK, 24, 32, augment=augment, extra_keys=extra_keys,
+                                   canvas_size=canvas_size),
       global_batch_size=batch, seed=seed, **kw)
 
 
@@ -66,24 +67,26 @@ def test_deterministic_from_seed_with_augmentation():
   assert all(not np.array_equal(*views) for views in seen.values())
 
 
-def test_resume_is_exact_single_process():
+@pytest.mark.parametrize('canvas_size', [0, 40])  # 40: crops resized in the step
+def test_resume_is_exact_single_process(canvas_size):
   aug = {'scale': (0.5, 1.0)}
-  reference = take(loader(augment=aug), 12)
-  it = loader(augment=aug)
+  reference = take(loader(augment=aug, canvas_size=canvas_size), 12)
+  it = loader(augment=aug, canvas_size=canvas_size)
   take(it, 5)
   state = json.loads(json.dumps(it.get_state()))
-  resumed = loader(augment=aug)
+  resumed = loader(augment=aug, canvas_size=canvas_size)
   resumed.set_state(state)
   assert_same(take(resumed, 7), reference[5:])
 
 
-def test_resume_is_exact_with_workers():
-  it = loader(augment={}, worker_count=2)
+@pytest.mark.parametrize('canvas_size', [0, 40])
+def test_resume_is_exact_with_workers(canvas_size):
+  it = loader(augment={}, worker_count=2, canvas_size=canvas_size)
   first = take(it, 4)
   state = json.loads(json.dumps(it.get_state()))
   reference = take(it, 6)
   it.close()
-  resumed = loader(augment={}, worker_count=2)
+  resumed = loader(augment={}, worker_count=2, canvas_size=canvas_size)
   resumed.set_state(state)
   assert_same(take(resumed, 6), reference)
   resumed.close()

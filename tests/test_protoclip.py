@@ -202,11 +202,14 @@ def test_the_export_is_the_clip_model(tmp_path):
 def test_the_paper_recipe_config():
   """configs/protoclip.py: 400 episodes of 390 x 512, K=20,000, the last two episodes LiT
   (the image tower's cosine ends at episode 398)."""
+  from clipjax.data import device_resize  # pylint: disable=g-import-not-at-top
   from clipjax.methods.protoclip import ProtoCLIP  # pylint: disable=g-import-not-at-top
   c = load_config(str(ROOT / 'configs/protoclip.py'))
   c.model.vocab_size = 49408
   method = ProtoCLIP(c)
   assert (method.steps_per_episode, method.episodes, method.lit_start) == (390, 400, 398)
-  assert method.example_batch(1)['image'].shape == (1, 224, 224, 3)  # model.image_size is set
+  batch = method.example_batch(1)  # crops are resized in the step, from 512 px canvases
+  assert batch['image'].shape == (1, 512, 512, 3)
+  assert device_resize.finish(batch)['image'].shape == (1, 224, 224, 3)  # model.image_size is set
   assert dict(match='clip/visual/.*', decay_steps=398 * 390) in method.optim_rules()
   assert c.protoclip.k == 20_000 and c.protoclip.kmeans.restarts == 3

@@ -9,4 +9,6 @@
   make_shards  `python -m clipjax.data.make_shards`: write tar shards or ArrayRecord files
   transforms   crops and normalisation; per-record transforms methods hand to the pipeline
                (`ImageText`: crop, normalise, tokenize)
+  device_resize  Pillow's bicubic crop-resize planned on the host, done in the jitted step
+               (`data.canvas_size`): `finish(batch)` gives the model's images
 """

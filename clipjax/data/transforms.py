@@ -13,6 +13,8 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from clipjax.data import device_resize
+
 # OpenAI CLIP normalisation, the default everywhere open_clip users expect it.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -25,14 +27,18 @@ def normalize(images: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
+def center_crop_geometry(width: int, height: int, size: int) -> tuple:
+  """(resized width, resized height, left, top) of `resize_center_crop`."""
+  scale = size / min(width, height)
+  w, h = max(size, round(width * scale)), max(size, round(height * scale))
+  return w, h, (w - size) // 2, (h - size) // 2
+
+
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
   """Evaluation transform: resize the short side to `size` (bicubic), centre crop."""
   image = image.convert('RGB')
-  w, h = image.size
-  scale = size / min(w, h)
-  image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-  w, h = image.size
-  left, top = (w - size) // 2, (h - size) // 2
+  w, h, left, top = center_crop_geometry(*image.size, size)
+  image = image.resize((w, h), Image.BICUBIC)
   return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
@@ -115,10 +121,12 @@ def to_size(image, size: int) -> np.ndarray:
 class ImageText:
   """{'image': f32 [S, S, 3] normalised, 'text': i32 [L], *extra_keys}: a random resized
   crop (or resize-centre-crop when `augment` is None), the caption tokenized, and extra
-  columns passed through (str values tokenized like the caption)."""
+  columns passed through (str values tokenized like the caption). With a `canvas_size`,
+  'image' is deferred: its pixels, taps and normalisation, which the step turns into the
+  same values on the accelerator (`clipjax.data.device_resize`)."""
 
   def __init__(self, tokenizer, context_length: int, image_size: int, augment=None,
-               mean=CLIP_MEAN, std=CLIP_STD, extra_keys=()):
+               mean=CLIP_MEAN, std=CLIP_STD, extra_keys=(), canvas_size: int = 0):
     self.tokenizer, self.context_length = tokenizer, context_length
     self.image_size = image_size
     # normalize() as one multiply-add: (x / 255 - mean) / std.
@@ -126,30 +134,77 @@ class ImageText:
     self.offset = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
     self.augment = None if augment is None else {**DEFAULT_AUGMENT, **augment}
     self.extra_keys = tuple(extra_keys)
+    if canvas_size and canvas_size < image_size:
+      raise ValueError(f'data.canvas_size={canvas_size} is smaller than the image size '
+                       f'{image_size}: the canvas holds the pixels a crop reads')
+    self.canvas_size = canvas_size
+    self._table = device_resize.normalisation_table(self.scale, self.offset)
 
   @classmethod
   def from_config(cls, data_config, *, tokenizer, context_length: int, image_size: int):
-    """From a data config's `augment`, `mean`, `std` and `extra_columns` keys."""
+    """From a data config's `augment`, `mean`, `std`, `extra_columns` and `canvas_size` keys."""
     get = data_config.get
     plain = lambda v: v.to_dict() if hasattr(v, 'to_dict') else v
     kwargs = {k: plain(get(k)) for k in ('augment', 'mean', 'std') if get(k) is not None}
-    return cls(tokenizer, context_length, image_size,
+    return cls(tokenizer, context_length, image_size, canvas_size=get('canvas_size') or 0,
                extra_keys=tuple(plain(get('extra_columns') or {})), **kwargs)
 
-  def image(self, record, rng) -> np.ndarray:
-    """The record's image cropped (or resized) and normalised: f32 [S, S, 3]."""
+  def image(self, record, rng, key: str = 'image') -> dict:
+    """{key: the record's image cropped (or resized) and normalised, f32 [S, S, 3]}, or
+    with a canvas the deferred image's entries."""
     image = record['image']
+    if not self.canvas_size:
+      if self.augment is None:
+        image = to_size(image, self.image_size)
+      else:
+        image = random_resized_crop(image, self.image_size, rng, self.augment['scale'],
+                                    self.augment['ratio'])
+      pixels = np.multiply(image, self.scale, dtype=np.float32)
+      pixels += self.offset
+      return {key: pixels}
+    parts = self._deferred(image, rng)
+    return dict(zip((key,) + tuple(key + p for p in device_resize.PARTS),
+                    parts + (self._table,)))
+
+  def image_example(self, batch_size: int, key: str = 'image') -> dict:
+    """Zero arrays with the shapes and dtypes of `image`'s entries, batched."""
+    s, c = self.image_size, self.canvas_size
+    if not c:
+      return {key: np.zeros((batch_size, s, s, 3), np.float32)}
+    k = device_resize.num_taps(c, s)
+    return {key: np.zeros((batch_size, c, c, 3), np.uint8),
+            key + device_resize.TAPS: np.zeros((batch_size, 2, s, 1 + k), np.int32),
+            key + device_resize.FLIP: np.zeros((batch_size,), np.bool_),
+            key + device_resize.NORM: np.zeros((batch_size, 3, 256), np.float32)}
+
+  def _deferred(self, image, rng) -> tuple:
+    """(pixels, taps, transposed) of the crop `image` would get on the host path."""
+    s, canvas = self.image_size, self.canvas_size
+    if isinstance(image, np.ndarray) and self.augment is None and image.shape[:2] == (s, s):
+      return device_resize.identity(image, canvas)
+    if not isinstance(image, np.ndarray) and image.mode != 'RGB':
+      image = image.convert('RGB')
+    pixels = np.asarray(image, np.uint8)
+    h, w = pixels.shape[:2]
     if self.augment is None:
-      image = to_size(image, self.image_size)
+      rw, rh, left, top = center_crop_geometry(w, h, s)
+      rows, cols = (0, h, rh, top), (0, w, rw, left)
     else:
-      image = random_resized_crop(image, self.image_size, rng, self.augment['scale'],
-                                  self.augment['ratio'])
-    pixels = np.multiply(image, self.scale, dtype=np.float32)
-    pixels += self.offset
-    return pixels
+      x0, y0, x1, y1 = random_resized_crop_box(h, w, rng, self.augment['scale'],
+                                               self.augment['ratio'])
+      rows, cols = (y0, y1, s, 0), (x0, x1, s, 0)
+    parts = device_resize.plan(pixels, rows, cols, s, canvas)
+    if parts is None:  # it reads more than the canvas holds: resized here, shipped as is
+      if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+      box = (cols[0], rows[0], cols[1], rows[1])
+      resized = image.resize((cols[2], rows[2]), Image.BICUBIC, box=box)
+      crop = (cols[3], rows[3], cols[3] + s, rows[3] + s)
+      parts = device_resize.identity(np.asarray(resized.crop(crop), np.uint8), canvas)
+    return parts
 
   def __call__(self, record, rng) -> dict:
-    out = {'image': self.image(record, rng), 'text': self._tokens(record['caption'])}
+    out = dict(self.image(record, rng), text=self._tokens(record['caption']))
     for key in self.extra_keys:
       value = record[key]
       out[key] = self._tokens(value) if isinstance(value, str) else np.asarray(value)

@@ -240,11 +240,15 @@ class ACLIP(CLIP):
               (a.mask_block > 0 and self.grid % a.mask_block == 0, 'mask_block',
                f'a divisor of the {self.grid}x{self.grid} patch grid'),
               (vision.get('pool', 'cls') == 'cls', 'model.pool',
-               "'cls' (the heads read the class token)")]
+               "'cls' (the heads read the class token)"),
+              (not config.data.get('canvas_size'), 'data.canvas_size',
+               '0 (colour augmentation follows the crops, on the host)')]
     for ok, key, want in checks:
       if not ok:
-        value = vision.get('pool') if key == 'model.pool' else a[key]
-        name = key if key.startswith('model.') else f'aclip.{key}'
+        outside = {'model.pool': vision.get('pool'),
+                   'data.canvas_size': config.data.get('canvas_size')}
+        value = outside[key] if key in outside else a[key]
+        name = key if '.' in key else f'aclip.{key}'
         raise ValueError(f'config.{name}={value!r}: must be {want}')
 
   # ---------------------------------------------------------------- data

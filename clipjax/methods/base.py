@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import models, sharding
-from clipjax.data import transforms
+from clipjax.data import device_resize, transforms
 from clipjax.evaluate import EvalView
 from clipjax.kernels import fused
 
@@ -98,15 +98,21 @@ class Method:
 
   def example_batch(self, batch_size: int = 1) -> dict:
     """Zero arrays with the keys, shapes and dtypes of the batches `transform` makes."""
-    m = self.config.model
-    return {'image': np.zeros((batch_size, m.image_size, m.image_size, 3), np.float32),
-            'text': np.zeros((batch_size, m.context_length), np.int32)}
+    return dict(self.image_example(batch_size),
+                text=np.zeros((batch_size, self.config.model.context_length), np.int32))
+
+  def image_example(self, batch_size: int) -> dict:
+    """The entries `transforms.ImageText` makes of an image under `config.data` (deferred to
+    the step with `data.canvas_size`), batched."""
+    return transforms.ImageText.from_config(
+        self.config.data, tokenizer=None, context_length=0,
+        image_size=self.config.model.image_size).image_example(batch_size)
 
   # ------------------------------------------------------------------ state
 
   def init(self, rng) -> dict:
     """Boxed (logically partitioned) model variables: 'params' and any collections."""
-    batch = self.example_batch()
+    batch = device_resize.finish(self.example_batch())
     return self.model.init(rng, batch['image'], batch['text'])
 
   def init_aux(self, variables, rng) -> Any:

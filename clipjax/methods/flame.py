@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import losses
-from clipjax.data import sources, text_features, transforms
+from clipjax.data import device_resize, sources, text_features, transforms
 from clipjax.evaluate import EvalView
 from clipjax.methods.base import Method
 from clipjax.models.layers import layer_norm, logical_param
@@ -99,7 +99,7 @@ class FacetTargets:
       raise sources.BadSample('missing_text_features')
     vectors = self.features[key]
     pick = rng.permutation(len(vectors))[:self.positives]
-    return {'image': self.images.image(record, rng),
+    return {**self.images.image(record, rng),
             'text_emb': vectors[pick].astype(np.float32)}
 
 
@@ -144,12 +144,11 @@ class FLAME(Method):
     return FacetTargets(images, self.features, self.positives)
 
   def example_batch(self, batch_size: int = 1) -> dict:
-    s = self.config.model.image_size
-    return {'image': np.zeros((batch_size, s, s, 3), np.float32),
+    return {**self.image_example(batch_size),
             'text_emb': np.zeros((batch_size, self.positives, self.features.shape[1]), np.float32)}
 
   def init(self, rng) -> dict:
-    return self.model.init(rng, self.example_batch()['image'])
+    return self.model.init(rng, device_resize.finish(self.example_batch())['image'])
 
   def embed(self, variables, aux, batch, rng):
     del aux, rng

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import losses, sharding
-from clipjax.data import transforms
+from clipjax.data import device_resize, transforms
 from clipjax.evaluate import EvalView
 from clipjax.methods.base import Method
 from clipjax.models import facets, lora
@@ -204,7 +204,7 @@ class LexicalPrompts:
 
   def __call__(self, record, rng) -> dict:
     ids, real = self.tokens([record['caption']])
-    return {'image': self.images.image(record, rng), 'prompt_ids': ids[0], 'prompt_real': real[0]}
+    return {**self.images.image(record, rng), 'prompt_ids': ids[0], 'prompt_real': real[0]}
 
 
 class LexVLA(Method):
@@ -261,8 +261,8 @@ class LexVLA(Method):
     return LexicalPrompts(images, self.prompts, int(c.llm.max_length))
 
   def example_batch(self, batch_size: int = 1) -> dict:
-    s, length = self.config.model.image_size, int(self.config.llm.max_length)
-    return {'image': np.zeros((batch_size, s, s, 3), np.float32),
+    length = int(self.config.llm.max_length)
+    return {**self.image_example(batch_size),
             'prompt_ids': np.zeros((batch_size, length), np.int32),
             'prompt_real': np.ones((batch_size, length), bool)}
 
@@ -273,7 +273,7 @@ class LexVLA(Method):
                                                 jnp.zeros((1, 2), jnp.int32)))['params']
 
   def init(self, rng) -> dict:
-    variables = self.model.init(rng, self.example_batch()['image'])
+    variables = self.model.init(rng, device_resize.finish(self.example_batch())['image'])
     params = dict(variables['params'])
     if self.lora_rules:
       params['lora'] = lora.init(nn.unbox(self._llm_shapes()), self.lora_rules,

@@ -164,6 +164,9 @@ class NMTune(Method):
     if int(t.get('num_classes', 0)) < 2:
       raise ValueError(f'nmtune: config.nmtune.num_classes={t.get("num_classes")} must be >= 2')
     self.blackbox = config.data.get('format') == 'features'
+    if config.data.get('canvas_size'):
+      raise ValueError(f'nmtune: config.data.canvas_size={config.data.canvas_size}: its views '
+                       'are cropped on the host (set 0)')
     if self.blackbox:
       if t.get('backbone'):
         raise ValueError(f'nmtune: data.format="features" tunes on precomputed features; '

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from clipjax.data import device_resize
+
 
 def _split(tree, num: int):
   """[B, ...] leaves -> [num, B/num, ...] (micro-batches for accumulation)."""
@@ -57,6 +59,7 @@ def accumulated_grads(method, state, batch, rng, num_micro: int):
 def make_train_step(method, tx, learning_rate, grad_accum_steps: int = 1):
   """`learning_rate(step)`: the default schedule at a global step, for the metrics."""
   def train_step(state, batch):
+    batch = device_resize.finish(batch)
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum_steps > 1:
       (loss, metrics, mutables), grads = accumulated_grads(method, state, batch, rng,
