@@ -28,7 +28,7 @@ setup(
         'ml_collections>=1.0,<2',
         'safetensors>=0.5,<1',
         'numpy>=1.26,<3',
-        'Pillow>=10,<14',
+        'Pillow>=13,<14',  # clipjax/data/device_resize.py reproduces its resize exactly
         'simplejpeg>=1.8,<2',  # libjpeg-turbo into numpy: the loader's JPEG decode
         'fsspec>=2024.2',
         'tqdm>=4.66,<5',

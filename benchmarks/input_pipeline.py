@@ -1,6 +1,6 @@
 """Input pipeline throughput: decoded-and-augmented images/s per CPU core from JPEG shards.
 
-  python benchmarks/input_pipeline.py [--image-size 224] [--canvas-size 512] \
+  python benchmarks/input_pipeline.py [--image-size 224] [--canvas-size 608] \
       [--workers 0 2] [--train-examples-per-sec 1500]
 
 Writes photo-like JPEG shards (smooth colour fields plus grain, 512x384, quality 90:
@@ -131,7 +131,7 @@ def device_ms(deferred, jpegs, size: int, batch_size: int) -> float:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('--image-size', type=int, default=224)
-  parser.add_argument('--canvas-size', type=int, default=512,
+  parser.add_argument('--canvas-size', type=int, default=608,
                       help='data.canvas_size of the resize-on-the-accelerator rows')
   parser.add_argument('--num-images', type=int, default=512)
   parser.add_argument('--batch-size', type=int, default=64)

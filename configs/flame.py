@@ -47,7 +47,7 @@ def get_config(arg: str = 'train') -> ConfigDict:
                             remat=True))
   c.data = common.synthetic_data(train_num_samples=SAMPLES)
   c.data.update(dict(format='wds', train='cc3m/cc3m-train-{0000..0575}.tar', num_workers=16,
-                     augment=dict(scale=(0.9, 1.0)), canvas_size=512))
+                     augment=dict(scale=(0.9, 1.0)), canvas_size=608))
   if arg == 'embed':  # the recaptions, read by the embedding job only
     c.data.extra_columns = ConfigDict(dict(short='json.short', long='json.long'))
   c.data.text_features = config_dict.placeholder(str)

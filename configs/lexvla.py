@@ -38,7 +38,7 @@ def get_config() -> ConfigDict:
                             dtype='bfloat16', attention_impl='auto', remat=True))
   c.data = common.synthetic_data(train_num_samples=SAMPLES)
   c.data.update(dict(format='wds', train='cc12m/cc12m-train-{0000..1242}.tar', num_workers=16,
-                     augment=dict(scale=(0.9, 1.0)), canvas_size=512))
+                     augment=dict(scale=(0.9, 1.0)), canvas_size=608))
   # The image tower's tokens only: its ln_post and projection are not part of LexVLA.
   c.init_from = [dict(target='visual', src=BACKBONE, subtree='visual',
                       ignore=('ln_post/.*', 'proj'))]

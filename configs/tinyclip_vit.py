@@ -63,7 +63,7 @@ def get_config(recipe: str = 'vit61m32') -> ConfigDict:
   c.tokenizer.path = r['teacher']  # the student reads text with the teacher's tokenizer
   c.data = ConfigDict(dict(format='wds', train=f'data/{r["data"]}/{{00000..99999}}.tar',
                            train_num_samples=SAMPLES_PER_EPOCH, num_workers=16,
-                           augment=dict(scale=(0.9, 1.0)), canvas_size=512))
+                           augment=dict(scale=(0.9, 1.0)), canvas_size=608))
   c.optim.update(dict(lr=1e-4, warmup_steps=2000, weight_decay=0.2, b1=0.9, b2=0.98, eps=1e-6,
                       grad_clip=5.0))
   c.tinyclip = ConfigDict(dict(

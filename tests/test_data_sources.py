@@ -98,7 +98,7 @@ def _pillow_decode(data: bytes, draft_size=None) -> np.ndarray:
   return np.asarray(image.convert('RGB'))
 
 
-def test_jpegs_decode_to_pillows_pixels():
+def test_jpegs_decode_to_pillows_pixels(monkeypatch):
   """JPEGs go through simplejpeg: the same pixels as Pillow's own decode, draft scale
   included, for real photos (sklearn's) and every layout a writer makes."""
   from sklearn.datasets import load_sample_images
@@ -116,6 +116,10 @@ def test_jpegs_decode_to_pillows_pixels():
       np.testing.assert_array_equal(out, _pillow_decode(data, draft_size))
   with pytest.raises(sources.BadSample, match='image_too_large'):
     sources.decode_image(datas[0], max_pixels=1000)
+  with monkeypatch.context() as patch:  # Pillow's decompression-bomb limit still holds
+    patch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    with pytest.raises(sources.BadSample, match='image_too_large'):
+      sources.decode_image(datas[0], draft_size=50)
   assert sources.decode_image(datas[0], draft_size=50, max_pixels=100_000).shape[:2] == (54, 80)
 
 

@@ -59,6 +59,22 @@ def test_deferred_image_equals_the_host_transform(augment):
       np.testing.assert_array_equal(_finish_one(parts), want, err_msg=f'{h}x{w} {augment}')
 
 
+def test_the_configs_canvas_holds_every_crop_of_a_224px_draft():
+  """configs' data.canvas_size=608: a JPEG drafted for 224 px has a short side under 448,
+  and any crop of it (aspect 3/4 to 4/3) reads a window under 608 pixels wide."""
+  rng = np.random.default_rng(0)
+  widest = 0
+  for trial in range(400):
+    short, long = int(rng.integers(224, 448)), int(rng.integers(448, 4000))
+    h, w = (short, long) if trial % 2 else (long, short)
+    scale = (0.9, 1.0) if trial % 4 < 2 else (0.08, 1.0)
+    x0, y0, x1, y1 = transforms.random_resized_crop_box(h, w, rng, scale, (3 / 4, 4 / 3))
+    start, count, _ = device_resize.pillow_taps((h, w), (y0, x0), (y1, x1), (224, 224),
+                                                (0, 0), 224)
+    widest = max(widest, ((start + count).max(axis=1) - start.min(axis=1)).max())
+  assert 590 < widest <= 608
+
+
 def test_canvas_smaller_than_the_image_is_refused():
   with pytest.raises(ValueError, match='canvas_size=16'):
     transforms.ImageText(None, 0, 32, canvas_size=16)

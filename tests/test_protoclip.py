@@ -208,8 +208,8 @@ def test_the_paper_recipe_config():
   c.model.vocab_size = 49408
   method = ProtoCLIP(c)
   assert (method.steps_per_episode, method.episodes, method.lit_start) == (390, 400, 398)
-  batch = method.example_batch(1)  # crops are resized in the step, from 512 px canvases
-  assert batch['image'].shape == (1, 512, 512, 3)
+  batch = method.example_batch(1)  # crops are resized in the step, from 608 px canvases
+  assert batch['image'].shape == (1, 608, 608, 3)
   assert device_resize.finish(batch)['image'].shape == (1, 224, 224, 3)  # model.image_size is set
   assert dict(match='clip/visual/.*', decay_steps=398 * 390) in method.optim_rules()
   assert c.protoclip.k == 20_000 and c.protoclip.kmeans.restarts == 3

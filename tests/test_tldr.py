@@ -356,6 +356,7 @@ def test_two_launched_processes_reduce_as_one(tmp_path):
   root = Path(__file__).resolve().parents[1]
   c = _reduction_config(tmp_path, 600, 30, 30)
   c.part_size = 128
+  c.data.canvas_size = 40  # crops resized in the steps and the feature passes
   one = tldr.run(c, tmp_path / 'one')
   for part in ('captioner', 'alignment', 'job.json'):
     copy = shutil.copytree if part != 'job.json' else shutil.copy

@@ -165,12 +165,13 @@ def code_parts(trainer, state, plan: list, workdir: Path, bar=None) -> None:
 
 
 def _eval_transform(trainer):
-  """The captioner's batches without augmentation (resize and centre crop): what codes
-  and captions are read from."""
+  """The captioner's batches without augmentation (resize and centre crop; resized in the
+  feature pass with `data.canvas_size`, as its batches are declared): what codes and
+  captions are read from."""
   c = trainer.config
   norm = {k: tuple(c.data[k]) for k in ('mean', 'std') if c.data.get(k) is not None}
   return transforms.ImageText(trainer.tokenizer, c.model.context_length, c.model.image_size,
-                              **norm)
+                              canvas_size=c.data.get('canvas_size') or 0, **norm)
 
 
 def score_parts(model: str, source, plan: list, workdir: Path, batch_size: int,

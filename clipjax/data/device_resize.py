@@ -12,7 +12,7 @@ the crops, their distribution and every pixel stay those of the host path.
 A deferred image `key` is four batch entries: `key` uint8 [C, C, 3] (the pixels the resize
 reads, top-left; transposed when Pillow would resize rows first), `key + TAPS` int32
 [2, S, 1 + K] (per output row, then column, of the canvas: the first canvas pixel it reads,
-then K coefficients), `key + FLIP` bool (the canvas is transposed) and `key + NORM`
+then K coefficients), `key + TRANSPOSED` bool (the canvas is transposed) and `key + NORM`
 float32 [3, 256] (each channel's normalised value of each pixel value: a table, computed
 as the host path computes it, since XLA fuses a multiply-add into one rounding).
 """
@@ -20,14 +20,11 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-import PIL
 
-TAPS, FLIP, NORM = '.taps', '.transposed', '.normalised'
-PARTS = (TAPS, FLIP, NORM)
+TAPS, TRANSPOSED, NORM = '.taps', '.transposed', '.normalised'
+PARTS = (TAPS, TRANSPOSED, NORM)
 _BITS = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 _SUPPORT = 2.0  # bicubic
-# Pillow 13 resizes rows first when the height shrinks by more than twice the width.
-_ROWS_FIRST_RULE = int(PIL.__version__.split('.')[0]) >= 13
 
 
 def num_taps(canvas: int, size: int) -> int:
@@ -74,14 +71,15 @@ def plan(pixels: np.ndarray, rows: tuple, cols: tuple, size: int, canvas: int):
   (lo, hi, out, first), in_size = zip(rows, cols), pixels.shape[:2]
   start, count, coef = pillow_taps(in_size, lo, hi, out, first, size)
   begin, end = start.min(axis=1), np.minimum((start + count).max(axis=1), in_size)
-  if (end - begin).max() > canvas or count.max() > k:
+  if (end - begin).max() > canvas:
     return None
   taps = np.zeros((2, size, 1 + k), np.int32)
   taps[:, :, 0] = start - begin[:, None]
+  # A resize whose pixels fit the canvas reads at most k taps; zeros pad the rest.
   taps[:, :, 1:1 + coef.shape[2]] = coef[:, :, :k]
   block = pixels[begin[0]:end[0], begin[1]:end[1]]
   shrink_h, shrink_w = in_size[0] - out[0], in_size[1] - out[1]
-  transposed = _ROWS_FIRST_RULE and 0 < shrink_h and shrink_h > 2 * shrink_w
+  transposed = 0 < shrink_h and shrink_h > 2 * shrink_w  # Pillow 13 then resizes rows first
   if transposed:
     block, taps = block.transpose(1, 0, 2), taps[::-1]
   h, w = block.shape[:2]
@@ -131,7 +129,7 @@ def finish(batch: dict) -> dict:
     if key.endswith(PARTS):
       continue
     if key + TAPS in batch:
-      pixels = resample(value, batch[key + TAPS], batch[key + FLIP])
+      pixels = resample(value, batch[key + TAPS], batch[key + TRANSPOSED])
       table = batch[key + NORM].reshape(-1, 1, 1, 3 * 256)
       channel_values = pixels.astype(jnp.int32) + 256 * jnp.arange(3)
       value = jnp.take_along_axis(table, channel_values, axis=-1)

@@ -154,6 +154,8 @@ def _decode_jpeg(data: bytes, draft_size, min_side: int, max_pixels: int):
     return None
   if colorspace not in ('YCbCr', 'Gray'):
     return None
+  if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+    raise BadSample('image_too_large')  # what Pillow's open refuses as a decompression bomb
   scale = 1
   if draft_size:  # JpegImagePlugin.draft's choice
     reduce = min(width // draft_size, height // draft_size)
@@ -316,7 +318,7 @@ class TarShardSource:
   def __init__(self, spec: str, *, caption_key='txt', image_exts=IMAGE_EXTS,
                extra_columns=None, draft_size=None):
     self.spec, self.shards = spec, expand_urls(spec)
-    # Records only feed the pipeline, which crops PIL images directly.
+    # Records only feed the pipeline: a PIL image (not a JPEG) is cropped without a copy.
     self.decoder = RecordDecoder(image_exts, caption_key, extra_columns, draft_size,
                                  as_array=False)
     self.caption_key = caption_key

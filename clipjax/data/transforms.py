@@ -149,9 +149,9 @@ class ImageText:
     return cls(tokenizer, context_length, image_size, canvas_size=get('canvas_size') or 0,
                extra_keys=tuple(plain(get('extra_columns') or {})), **kwargs)
 
-  def image(self, record, rng, key: str = 'image') -> dict:
-    """{key: the record's image cropped (or resized) and normalised, f32 [S, S, 3]}, or
-    with a canvas the deferred image's entries."""
+  def image(self, record, rng) -> dict:
+    """{'image': the record's image cropped (or resized) and normalised, f32 [S, S, 3]},
+    or with a canvas the deferred image's entries."""
     image = record['image']
     if not self.canvas_size:
       if self.augment is None:
@@ -161,21 +161,21 @@ class ImageText:
                                     self.augment['ratio'])
       pixels = np.multiply(image, self.scale, dtype=np.float32)
       pixels += self.offset
-      return {key: pixels}
+      return {'image': pixels}
     parts = self._deferred(image, rng)
-    return dict(zip((key,) + tuple(key + p for p in device_resize.PARTS),
+    return dict(zip(('image',) + tuple('image' + p for p in device_resize.PARTS),
                     parts + (self._table,)))
 
-  def image_example(self, batch_size: int, key: str = 'image') -> dict:
+  def image_example(self, batch_size: int) -> dict:
     """Zero arrays with the shapes and dtypes of `image`'s entries, batched."""
     s, c = self.image_size, self.canvas_size
     if not c:
-      return {key: np.zeros((batch_size, s, s, 3), np.float32)}
-    k = device_resize.num_taps(c, s)
-    return {key: np.zeros((batch_size, c, c, 3), np.uint8),
-            key + device_resize.TAPS: np.zeros((batch_size, 2, s, 1 + k), np.int32),
-            key + device_resize.FLIP: np.zeros((batch_size,), np.bool_),
-            key + device_resize.NORM: np.zeros((batch_size, 3, 256), np.float32)}
+      return {'image': np.zeros((batch_size, s, s, 3), np.float32)}
+    k, d = device_resize.num_taps(c, s), device_resize
+    return {'image': np.zeros((batch_size, c, c, 3), np.uint8),
+            'image' + d.TAPS: np.zeros((batch_size, 2, s, 1 + k), np.int32),
+            'image' + d.TRANSPOSED: np.zeros((batch_size,), np.bool_),
+            'image' + d.NORM: np.zeros((batch_size, 3, 256), np.float32)}
 
   def _deferred(self, image, rng) -> tuple:
     """(pixels, taps, transposed) of the crop `image` would get on the host path."""
