@@ -3,6 +3,7 @@ library) on the same points, initial centroids, iterations and threads.
 
   python benchmarks/kmeans.py                       # 200k x 128, K=20,000, 20 iterations
   python benchmarks/kmeans.py --points 20000 --k 2000
+  python benchmarks/kmeans.py --tiles               # what one assignment pass costs, by part
 
 Each implementation runs in its own process (peak memory is that process's maximum RSS,
 input data included). faiss is not a clipjax dependency (`pip install faiss-cpu`); without
@@ -11,6 +12,7 @@ nearest final centroid, computed the same way for both. GFLOP/s counts the dista
 matrix products alone (iterations + 1 assignments of 2 * N * K * D): what bounds both.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -50,6 +52,56 @@ def points(n, dim, seed=0):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def tiles(args, point_tile=1024, centroid_tile=1024, repeats=3):
+  """The assignment's tile loop over 16 point tiles and all centroids, reduced five ways:
+  the matmul alone (the bound), its min, and min + argmin, argmax of equality, integer min
+  (clipjax's). XLA CPU, this process's threads."""
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  k = -(-args.k // centroid_tile) * centroid_tile
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((16 * point_tile, args.dim), np.float32))
+  c = jnp.asarray(rng.standard_normal((k, args.dim), np.float32))
+  columns = jnp.arange(centroid_tile, dtype=jnp.int32)
+  index = {
+      'matmul alone (sum)': None,
+      'min': None,
+      'min + jnp.argmin': lambda d, m: jnp.argmin(d, axis=1).astype(jnp.int32),
+      'min + argmax(d == min)': lambda d, m: jnp.argmax(d == m[:, None], axis=1).astype(jnp.int32),
+      'min + integer min (clipjax)':
+          lambda d, m: jnp.min(jnp.where(d == m[:, None], columns, centroid_tile), axis=1),
+  }
+
+  def loop(name, x, c):
+    def per_tile(xt):
+      def body(carry, ct):
+        d = jnp.sum(ct * ct, 1)[None] - 2.0 * jnp.dot(xt, ct.T, precision='highest')
+        if name.startswith('matmul'):
+          return carry + jnp.sum(d, axis=1), None
+        m = jnp.min(d, axis=1)
+        a = index[name](d, m) if index[name] else jnp.zeros_like(m, jnp.int32)
+        return carry + m + a, None
+      return jax.lax.scan(body, jnp.zeros(point_tile), c.reshape(-1, centroid_tile, c.shape[1]))[0]
+    return jax.lax.map(per_tile, x.reshape(-1, point_tile, x.shape[1]))
+
+  flops = 2 * x.shape[0] * k * args.dim
+  print(f'{x.shape[0]} points x {k} centroids x {args.dim}, tiles {point_tile} x {centroid_tile}')
+  print('| reduction | ms | GFLOP/s | time vs matmul alone |')
+  print('|---|---|---|---|')
+  base = None
+  for name in index:
+    f = jax.jit(functools.partial(loop, name))
+    jax.block_until_ready(f(x, c))
+    best = np.inf
+    for _ in range(repeats):
+      t = time.perf_counter()
+      jax.block_until_ready(f(x, c))
+      best = min(best, time.perf_counter() - t)
+    base = base or best
+    print(f'| {name} | {best * 1e3:.0f} | {flops / best / 1e9:.0f} | {best / base:.2f}x |')
+
+
 def run(impl, path, args):
   env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), JAX_PLATFORMS='cpu',
              PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,7 +120,10 @@ def main():
   p.add_argument('--iterations', type=int, default=20)
   p.add_argument('--threads', type=int, default=os.cpu_count())
   p.add_argument('--out', default='/tmp/clipjax_kmeans_bench.npz')
+  p.add_argument('--tiles', action='store_true', help='time the assignment loop by part')
   args = p.parse_args()
+  if args.tiles:
+    return tiles(args)
   x = points(args.points, args.dim)
   init = x[np.random.default_rng(1).choice(len(x), args.k, replace=False)]
   np.savez(args.out, points=x, init=init)

@@ -37,6 +37,16 @@ def test_tiles_and_padding_do_not_change_the_answer():
   np.testing.assert_allclose(big.centroids, small.centroids, atol=1e-4)
 
 
+def test_ties_go_to_the_first_centroid_as_argmin():
+  """Duplicate centroids inside one tile and across tiles: the lowest index wins."""
+  start = START.copy()
+  start[[3, 11, 27]] = start[2]  # 2, 3 share a tile of 8; 11 and 27 lie in later tiles
+  ours = kmeans(POINTS, 40, iterations=0, init=start, point_tile=512, centroid_tile=8)
+  _, labels = inertia(POINTS, start)
+  np.testing.assert_array_equal(ours.labels, labels)
+  assert not np.isin(ours.labels, [3, 11, 27]).any() and (ours.labels == 2).any()
+
+
 def test_empty_clusters_move_to_the_farthest_points():
   start = START.copy()
   start[1] = start[0]  # a duplicate: one of the two gets no points at the first step
