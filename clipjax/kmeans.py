@@ -34,10 +34,11 @@ def _assign(x, valid, c, point_tile: int, centroid_tile: int):
   """Nearest centroid of every row of x -> (squared distance, index); tiles only.
 
   x: [n, D] (n a multiple of point_tile); c: [k, D] (k a multiple of centroid_tile; rows
-  of padding have infinite norm). ||x||^2 is added back at the end. A tile's argmin is its
+  of padding have an enormous norm). ||x||^2 is added back at the end. A tile's argmin is its
   min, then the smallest column equal to it by an integer min: XLA's CPU argmin and argmax
-  are (value, index) reductions. On 2 CPU cores the index costs 1.2x the matmul's time by
-  jnp.argmin, 0.55x by argmax of equality, 0.3x this way (`benchmarks/kmeans.py --tiles`).
+  are (value, index) reductions. On 2 CPU cores the index adds 1.2x the time of the tiles'
+  matmul and min by jnp.argmin, 0.55x by argmax of equality, 0.3x this way
+  (`benchmarks/kmeans.py --tiles`).
   """
   cn = jnp.sum(c * c, axis=1)
   cs, cns = c.reshape(-1, centroid_tile, c.shape[1]), cn.reshape(-1, centroid_tile)

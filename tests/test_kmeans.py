@@ -42,9 +42,10 @@ def test_ties_go_to_the_first_centroid_as_argmin():
   start = START.copy()
   start[[3, 11, 27]] = start[2]  # 2, 3 share a tile of 8; 11 and 27 lie in later tiles
   ours = kmeans(POINTS, 40, iterations=0, init=start, point_tile=512, centroid_tile=8)
-  _, labels = inertia(POINTS, start)
-  np.testing.assert_array_equal(ours.labels, labels)
-  assert not np.isin(ours.labels, [3, 11, 27]).any() and (ours.labels == 2).any()
+  _, labels = inertia(POINTS, start)  # float64: may differ from float32 in a near-tie
+  assert (ours.labels == labels).mean() > 0.999
+  np.testing.assert_array_equal(ours.labels[labels == 2], 2)
+  assert (labels == 2).sum() > 10 and not np.isin(ours.labels, [3, 11, 27]).any()
 
 
 def test_empty_clusters_move_to_the_farthest_points():
