@@ -271,6 +271,7 @@ def test_ring_holds_no_gathered_columns():
   per local embedding array) on 4 and on 8 devices: the gather's grow with the global
   batch (it holds the gathered columns and their gradient), the ring's stay put."""
   mb = run_on_8_devices(None, RING_MEMORY_SCRIPT)
+  print({key: round(value) for key, value in mb.items()})  # MB: kernels/README.md's table
   for name in ('clip', 'siglip', 'affinity'):
     gather, ring = mb[f'{name} gather 8'], mb[f'{name} ring 8']
     assert ring < 0.5 * gather, mb
