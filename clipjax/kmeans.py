@@ -36,8 +36,8 @@ def _assign(x, valid, c, point_tile: int, centroid_tile: int):
   x: [n, D] (n a multiple of point_tile); c: [k, D] (k a multiple of centroid_tile; rows
   of padding have an enormous norm). ||x||^2 is added back at the end. A tile's argmin is its
   min, then the smallest column equal to it by an integer min: XLA's CPU argmin and argmax
-  are (value, index) reductions. On 2 CPU cores the index adds 1.2x the time of the tiles'
-  matmul and min by jnp.argmin, 0.55x by argmax of equality, 0.3x this way
+  are (value, index) reductions. On 2 CPU cores the index adds 1.0-1.2x the time of the
+  tiles' matmul and min by jnp.argmin, 0.5x by argmax of equality, 0.3x this way
   (`benchmarks/kmeans.py --tiles`).
   """
   cn = jnp.sum(c * c, axis=1)
