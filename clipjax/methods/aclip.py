@@ -270,7 +270,7 @@ class ACLIP(CLIP):
   # ---------------------------------------------------------------- state
 
   def init(self, rng):
-    batch = self.example_batch()
+    batch = self.example_inputs()
     return self.model.init(rng, batch['image_1'], batch['text'])
 
   def init_aux(self, variables, rng):

@@ -101,6 +101,10 @@ class Method:
     return dict(self.image_example(batch_size),
                 text=np.zeros((batch_size, self.config.model.context_length), np.int32))
 
+  def example_inputs(self, batch_size: int = 1) -> dict:
+    """`example_batch` as `embed` and `loss` see it: deferred images finished."""
+    return device_resize.finish(self.example_batch(batch_size))
+
   def image_example(self, batch_size: int) -> dict:
     """The entries `transforms.ImageText` makes of an image under `config.data` (deferred to
     the step with `data.canvas_size`), batched."""
@@ -112,7 +116,7 @@ class Method:
 
   def init(self, rng) -> dict:
     """Boxed (logically partitioned) model variables: 'params' and any collections."""
-    batch = device_resize.finish(self.example_batch())
+    batch = self.example_inputs()
     return self.model.init(rng, batch['image'], batch['text'])
 
   def init_aux(self, variables, rng) -> Any:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import losses
-from clipjax.data import device_resize, sources, text_features, transforms
+from clipjax.data import sources, text_features, transforms
 from clipjax.evaluate import EvalView
 from clipjax.methods.base import Method
 from clipjax.models.layers import layer_norm, logical_param
@@ -148,7 +148,7 @@ class FLAME(Method):
             'text_emb': np.zeros((batch_size, self.positives, self.features.shape[1]), np.float32)}
 
   def init(self, rng) -> dict:
-    return self.model.init(rng, device_resize.finish(self.example_batch())['image'])
+    return self.model.init(rng, self.example_inputs()['image'])
 
   def embed(self, variables, aux, batch, rng):
     del aux, rng

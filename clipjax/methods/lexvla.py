@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipjax import losses, sharding
-from clipjax.data import device_resize, transforms
+from clipjax.data import transforms
 from clipjax.evaluate import EvalView
 from clipjax.methods.base import Method
 from clipjax.models import facets, lora
@@ -273,7 +273,7 @@ class LexVLA(Method):
                                                 jnp.zeros((1, 2), jnp.int32)))['params']
 
   def init(self, rng) -> dict:
-    variables = self.model.init(rng, device_resize.finish(self.example_batch())['image'])
+    variables = self.model.init(rng, self.example_inputs()['image'])
     params = dict(variables['params'])
     if self.lora_rules:
       params['lora'] = lora.init(nn.unbox(self._llm_shapes()), self.lora_rules,

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipjax.data import device_resize
 from clipjax.methods.base import Method
 from clipjax.models import registry
 from clipjax.models.captioner import CodebookCaptioner, beam_search
@@ -53,7 +52,7 @@ class TLDRCaptioner(Method):
                                    dtype=jnp.dtype(m.get('dtype', 'float32')))
 
   def init(self, rng):
-    batch = device_resize.finish(self.example_batch())
+    batch = self.example_inputs()
     return self.model.init(rng, batch['image'], batch['text'])
 
   # ------------------------------------------------------------------ the step
