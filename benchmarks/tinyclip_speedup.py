@@ -117,7 +117,8 @@ def sweep(args, folder, teacher, tmp):
     print(f'| {name} | {lr:g} | {seed} | ' +
           ' | '.join('-' if math.isinf(h) else str(h) for h in hits) +
           f' | {history[-1][KEYS[0]]:.3f} / {history[-1][KEYS[1]]:.3f} |', flush=True)
-    rows.append(dict(student=name, lr=lr, seed=seed, steps_to_teacher=hits,
+    rows.append(dict(student=name, lr=lr, seed=seed,
+                     steps_to_teacher=[None if math.isinf(h) else h for h in hits],
                      final=[history[-1][k] for k in KEYS]))
   return rows
 

@@ -34,10 +34,12 @@ def get_config(arg: str = 'runs/quickstart/export') -> ConfigDict:
   # paper's ViT-61M/32 and 40M/32 (from ViT-B/32). At width 32 (25%) the inherited student
   # starts at chance and never reached the teacher's shape accuracy in 500 steps; at 48 it
   # starts above chance (held-out shape 0.22, colour 0.52) and gets within 5 points of the
-  # teacher on both in 100-250 steps, where students from scratch did not in 500
-  # (notebooks/tinyclip_distillation.ipynb, tests/test_tinyclip_speedup.py). The quickstart
-  # lr 2e-3 was the inherited student's best of {5e-4, 1e-3, 2e-3, 4e-3}; from scratch,
-  # affinity mimicking did best at 4e-3 and InfoNCE at 2e-3.
+  # teacher on both in 100-350 steps, where students from scratch did not in 500
+  # (notebooks/tinyclip_distillation.ipynb, `python benchmarks/tinyclip_speedup.py --sweep
+  # --seeds 1 2`; tests/test_tinyclip_speedup.py). The quickstart lr 2e-3 was the inherited
+  # student's best of {5e-4, 1e-3, 2e-3, 4e-3} on the AMD VM of the first runs (on an Intel
+  # VM 1e-3 and 4e-3 were one evaluation sooner); from scratch, affinity mimicking did best
+  # at 4e-3 and InfoNCE at 2e-3.
   c.model.vision = dict(width=48, heads=3, layers=2)
   c.model.text = dict(width=48, heads=3, layers=2)
   c.tinyclip = ConfigDict(dict(

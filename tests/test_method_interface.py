@@ -163,8 +163,7 @@ print(json.dumps(out))
 @pytest.mark.slow
 def test_activations_stay_batch_split_on_every_mesh(python_subprocess):
   """Each block's output holds 16 / (data x fsdp) rows per device, and FSDP's step needs
-  about the temporary memory of data parallelism (measured without the activation
-  constraints: 6.6 MB against 2.05 MB)."""
+  about the temporary memory of data parallelism."""
   out = json.loads(python_subprocess(ACTIVATIONS, devices=8).strip().splitlines()[-1])
   print({k: (v['temp'], sorted(set(v['rows']))) for k, v in out.items()})
   for name, rows in (('data', 2), ('fsdp', 2), ('mixed', 4)):
