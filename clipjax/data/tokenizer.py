@@ -101,7 +101,10 @@ class Tokenizer:
     if isinstance(texts, str):
       texts = [texts]
     out = np.full((len(texts), context_length), self.pad_id, np.int32)
-    encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+    texts = list(texts)
+    # One caption (the loader's per-sample call) skips encode_batch's thread-pool dispatch.
+    encodings = ([self._tok.encode(texts[0], add_special_tokens=False)] if len(texts) == 1
+                 else self._tok.encode_batch(texts, add_special_tokens=False))
     for row, enc in zip(out, encodings):
       ids = enc.ids[:context_length - 2]
       row[0] = self.sot_id
