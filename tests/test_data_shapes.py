@@ -152,3 +152,34 @@ def test_drawn_digits_are_the_pinned_glyphs():
   for i in range(40):
     h.update(glyphs.draw_digit(i % 10, 32, np.random.default_rng(i)).tobytes())
   assert h.hexdigest()[:16] == '321df75bd88771f9'
+
+
+def test_quickstart_records_are_the_pinned_ones():
+  """The quickstart's first 100 records (scenes and digits, images and captions) as
+  published (sha256): its figures, and every study built on its data, depend on these bits."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  h = hashlib.sha256()
+  source = shapes.ShapesSource('train', 50_000, 32, seed=0, digit_fraction=0.4)
+  for i in range(100):
+    record = source[i]
+    h.update(record['image'].tobytes())
+    h.update(record['caption'].encode())
+  assert h.hexdigest()[:16] == 'df300723f8d2398b'
+
+
+def test_a_source_keeps_what_it_drew_read_only_and_workers_start_empty():
+  import pickle  # pylint: disable=import-outside-toplevel
+  kept = shapes.ShapesSource('train', 50, 32, digit_fraction=0.5)
+  drawn = shapes.ShapesSource('train', 50, 32, digit_fraction=0.5, cache_bytes=0)
+  first = [kept[i] for i in range(50)]
+  again = kept[7]
+  assert again['image'] is first[7]['image']  # looked up, not drawn again
+  for i in range(50):
+    np.testing.assert_array_equal(first[i]['image'], drawn[i]['image'])
+    assert first[i]['caption'] == drawn[i]['caption']
+  with pytest.raises(ValueError, match='read-only'):
+    again['image'][0, 0, 0] = 0
+  assert drawn[7]['image'] is not drawn[7]['image']  # too big for its budget: drawn each time
+  worker = pickle.loads(pickle.dumps(kept))
+  assert worker[7]['image'] is not again['image']
+  np.testing.assert_array_equal(worker[7]['image'], again['image'])
