@@ -265,10 +265,11 @@ CACHE_BYTES = 1 << 29
 class ShapesSource:
   """grain RandomAccessDataSource of {'image', 'caption', 'index'} records.
 
-  A sample costs 0.1-0.3 ms of numpy to draw, about what the quickstart's step spends on
-  it, so a source whose images all fit in `cache_bytes` keeps what it has drawn (read
-  only; each process, loader workers included, its own): from the second epoch on,
-  records are looked up, not drawn. The records are the same either way."""
+  Drawing costs 0.09 ms a scene and 0.28 ms a digit (numpy), against the quickstart
+  step's 0.45 ms a sample on two cores, so a source whose images all fit in `cache_bytes`
+  keeps what it has drawn (read only; each process, loader workers included, its own):
+  from the second epoch on, records are looked up, not drawn. The records are the same
+  either way."""
 
   def __init__(self, split: str = 'train', num_samples: int = 10_000,
                image_size: int = 32, seed: int = 0, digit_fraction: float = 0.0,
