@@ -1,5 +1,6 @@
 """Train step: sharded equals single-device, accumulation is exact, optimizer policies hold."""
 import json
+import multiprocessing
 
 from pathlib import Path
 
@@ -185,6 +186,26 @@ def test_stop_at_step_then_resume_equals_one_run(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(whole.state.params),
                   jax.tree_util.tree_leaves(rest.state.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_run_stops_its_loader_workers(tmp_path, monkeypatch):
+  """train() closes its loader however it ends: a caught error (whose traceback keeps the
+  loop's frame alive, as a notebook's last exception does) leaves no grain worker
+  processes running (closing also unlinks the shared memory of the batches they queued)."""
+  trainer = Trainer(tiny_config(total_steps=6, eval_every=0, **{'data.num_workers': 2}), tmp_path)
+  calls = []
+
+  def failing(local):
+    calls.append(1)
+    if len(calls) == 3:
+      raise RuntimeError('step 3 fails')
+    return sharding.global_batch(local, trainer.mesh)
+
+  monkeypatch.setattr(trainer, 'global_batch', failing)
+  with pytest.raises(RuntimeError, match='step 3 fails') as failure:
+    trainer.train()
+  assert failure.traceback  # the loop's frame, and the loader in it, are still referenced
+  assert multiprocessing.active_children() == []
 
 
 def test_init_from_checkpoint_replaces_only_the_named_tower(tmp_path):

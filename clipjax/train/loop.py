@@ -493,6 +493,7 @@ class Trainer:
           t0, n0 = time.perf_counter(), step
     finally:
       self.checkpointer.wait()
+      loader.close()  # stops grain's workers and unlinks the shared memory of queued batches
       preemption.close()
       progress.close()
       writer.close()
