@@ -51,7 +51,8 @@ def synthetic_data(train_num_samples: int) -> ConfigDict:
                          train_num_samples=train_num_samples,
                          synthetic_split='train', digit_fraction=0.0, zipf=0.0,
                          caption_style='short',
-                         num_workers=0, augment=dict(scale=(0.9, 1.0)), canvas_size=0,
+                         num_workers=0, read_threads=0, augment=dict(scale=(0.9, 1.0)),
+                         canvas_size=0,
                          shuffle_buffer=1000,
                          cycle_length=4, label_noise=0.0, caption_key='txt',
                          csv_img_key='filepath', csv_caption_key='title', csv_separator='',
@@ -137,6 +138,8 @@ MEANING = {
     'data.caption_style': "synthetic shapes: 'short' (1-3 objects) or 'long' (2-4, every attribute)",
     'data.zipf': 'synthetic shapes: shape and colour of rank r drawn in proportion to r**-zipf',
     'data.num_workers': 'grain worker processes (0: in the main process)',
+    'data.read_threads': 'threads reading ahead of a random-access source and of the feature '
+                         'pass (0: none; pays where reading releases the GIL, e.g. JPEG decode)',
     'data.augment.scale': 'random-resized-crop area range',
     'data.canvas_size': 'crop and resize on the accelerator (uint8 pixels up to this size '
                         'shipped; 0: on the host; clipjax/data/device_resize.py)',

@@ -182,7 +182,8 @@ def test_episode_feature_pass_is_the_same_on_two_processes_as_on_one_device(tmp_
   multi = launch(2, tmp_path / 'multi', *EPISODE_ARGS, DEVICES_PER_PROCESS='2')
   one = subprocess.run(
       [sys.executable, '-m', 'clipjax.main', '--config', str(ROOT / 'configs/quickstart.py'),
-       *SMALL_ARGS, *EPISODE_ARGS, '--workdir', str(tmp_path / 'one')],
+       *SMALL_ARGS, *EPISODE_ARGS, '--config.data.read_threads=4',  # reads ahead, same rows
+       '--workdir', str(tmp_path / 'one')],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1'))
   assert one.returncode == 0, one.stderr[-3000:]

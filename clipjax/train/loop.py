@@ -273,7 +273,8 @@ class Trainer:
     return state, ran
 
   def feature_pass(self, state, fn, indices, *, transform=None, example=None, seed: int = 0):
-    """`HookContext.features`: fn jitted once per build, under the activation rules."""
+    """`HookContext.features`: fn jitted once per build, under the activation rules, reading
+    with the training loader's `data.read_threads`."""
     if fn not in self._feature_fns:
       self._feature_fns[fn] = sharding.with_rules(fn, self.mesh, self.config.sharding_rules)
     if example is None:
@@ -281,7 +282,8 @@ class Trainer:
     return features.feature_pass(
         self._feature_fns[fn], (state,), self.method.source(self.source),
         transform or self.method.transform(), indices, mesh=self.mesh,
-        batch_size=self.config.get('eval_batch_size', 256), example=example, seed=seed)
+        batch_size=self.config.get('eval_batch_size', 256), example=example, seed=seed,
+        read_threads=self.config.data.get('read_threads') or 0)
 
   # ------------------------------------------------------------------ outputs
 
