@@ -42,6 +42,7 @@ def get_config(variant: str = '') -> ConfigDict:
   c.tokenizer.vocab_size = 49408
   c.data = common.synthetic_data(train_num_samples=2_500_000)
   c.data.update(dict(format='csv', train='cc2.5m/train.csv', num_workers=16,
+                     read_threads=16,  # JPEG decode releases the GIL: episodes' feature passes
                      augment=dict(scale=(0.5, 1.0)), canvas_size=608))
   c.optim.update(dict(lr=5e-4, warmup_steps=15_625, weight_decay=0.5, b1=0.9, b2=0.999,
                       eps=1e-8, grad_clip=10.0))

@@ -33,7 +33,8 @@ BERT = 'ckpts/bert-base-uncased'      # its tokenizer.json
 def data_config() -> ConfigDict:
   data = common.synthetic_data(train_num_samples=0)
   data.update(dict(format='array_record', train='data/cc3m/{00000..00269}.array_record',
-                   num_workers=16, augment=dict(scale=(0.2, 1.0)), canvas_size=608))
+                   num_workers=16, read_threads=16,  # JPEG decode releases the GIL
+                   augment=dict(scale=(0.2, 1.0)), canvas_size=608))
   return data
 
 

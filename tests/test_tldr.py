@@ -322,6 +322,7 @@ def test_quickstart_reduction_removes_noise_recaptions_and_resumes_after_a_kill(
     (killed / path).unlink()
   shutil.rmtree(killed / 'captions')
   shutil.rmtree(killed / 'shards')
+  c.data.read_threads = 2  # the passes read ahead: still the same job, the same outputs
   (killed / 'codes' / '000002.npz.tmp123').write_bytes(b'half a file')
   save = tldr._save
 

@@ -388,6 +388,13 @@ def _caption_of(source, index: int) -> str:
     return ''
 
 
+def _job_identity(config: dict) -> dict:
+  """A config as the reduction's job.json holds it: without `read_threads`, which changes
+  how samples are read, never which (a job resumed with other read threads is the same)."""
+  return {k: _job_identity(v) if isinstance(v, dict) else v
+          for k, v in config.items() if k != 'read_threads'}
+
+
 def run(config, workdir) -> dict:
   """The whole reduction on every process -> the reduction's summary (also REPORT)."""
   workdir = Path(workdir)
@@ -400,10 +407,11 @@ def run(config, workdir) -> dict:
                      f'synthetic), got {source!r}; `python -m clipjax.data.make_shards '
                      '--format array_record` writes such shards')
   plan = parts.plan_parts(source, int(config.part_size))
-  job = dict(data=config.data.to_dict(), part_size=int(config.part_size),
+  job = dict(data=_job_identity(config.data.to_dict()), part_size=int(config.part_size),
              vision_from_alignment=bool(config.get('vision_from_alignment')),
              batch_size=int(config.get('batch_size', 256)),
-             captioner=config.captioner.to_dict(), alignment=config.alignment.to_dict())
+             captioner=_job_identity(config.captioner.to_dict()),
+             alignment=config.alignment.to_dict())
   parts.check_job(workdir, job, create=True, what='reduction')
   model = alignment_model(config, workdir)
   trainer, state = train_captioner(config, workdir, str(model))

@@ -494,8 +494,8 @@ class Trainer:
           jax.block_until_ready(metrics)
           t0, n0 = time.perf_counter(), step
     finally:
-      self.checkpointer.wait()
       loader.close()  # stops grain's workers and unlinks the shared memory of queued batches
+      self.checkpointer.wait()
       preemption.close()
       progress.close()
       writer.close()
