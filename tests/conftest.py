@@ -18,9 +18,13 @@ def pytest_configure(config):
   # Many tests compile the same tiny programs (one Trainer: ~8 s, 2 s from the cache), in
   # both xdist workers and their subprocesses: share JAX's persistent compilation cache.
   # A cached executable is the one a fresh compile gives, so results are bit for bit the same.
+  # Compilation is most of the suite's CPU time (tests/test_tinyclip.py: 60 s of XLA
+  # compiles and 20 s of tracing and lowering in a 90 s run), so every program is cached,
+  # the small ones too: tinyclip, flame, stages and cli tests with `-n 2` took 224-228 s
+  # against 238-243 s when only compiles over 0.5 s were kept.
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                         os.path.join(tempfile.gettempdir(), f'clipjax-tests-jax-cache-{os.getuid()}'))
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   # The CLI's malloc setting (clipjax/host_allocator.py) for the tests' own training runs
   # (`pytest tests/test_quickstart.py -k siglip`, twice each way: 32.6-33.0 s without,
   # 27.3-29.3 s with). glibc reads it when a process starts, so it reaches the xdist
