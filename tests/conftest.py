@@ -15,11 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: longer end-to-end tests (still run in CI)')
-  # With `-n`, xdist's first hand-out is a quarter of each worker's share, in collection
-  # order: one worker would get every slow test (first, below). One or two at a time,
-  # they spread over the workers as each frees up.
-  if getattr(config.option, 'maxschedchunk', 0) is None:
-    config.option.maxschedchunk = 1
   # Many tests compile the same tiny programs (one Trainer: ~8 s, 2 s from the cache), in
   # both xdist workers and their subprocesses: share JAX's persistent compilation cache.
   # A cached executable is the one a fresh compile gives, so results are bit for bit the same.
@@ -36,13 +31,6 @@ def pytest_configure(config):
   # workers and subprocesses started after this, not this process.
   if host_allocator.wanted():
     os.environ['GLIBC_TUNABLES'] = host_allocator.TUNABLES
-
-
-def pytest_collection_modifyitems(items):
-  # xdist hands tests out in collection order: the slow ones (up to 4 minutes each, most in
-  # files late in the alphabet, so they used to run last and a worker could wait alone on
-  # one) go first, and the short ones fill both workers at the end.
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 600, env=None) -> str:
