@@ -1,5 +1,6 @@
 """Model FLOPs and MFU in every run's metrics (clipjax/train/throughput.py)."""
 import json
+import time
 import types
 
 import jax
@@ -44,3 +45,11 @@ def test_peaks_come_from_the_config_the_table_or_a_measurement():
   assert throughput.peak_flops(device('Some NPU', 'npu'))[0] == 0.0
   peak, source = throughput.peak_flops(device('cpu', 'cpu'))
   assert 1e9 < peak < 1e14 and 'measured' in source
+  # Once per process: every run of a study divides by the same figure.
+  assert throughput.peak_flops(device('cpu', 'cpu')) == (peak, source)
+
+
+def test_the_cpu_peak_is_the_best_over_its_time_budget():
+  start = time.perf_counter()
+  peak = throughput.matmul_peak_flops(256, seconds=0.2)
+  assert time.perf_counter() - start >= 0.2 and 1e8 < peak < 1e14
