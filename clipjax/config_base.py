@@ -25,6 +25,7 @@ def base_config() -> ConfigDict:
   c.loss_implementation = 'auto'
   c.loss_collective = 'gather'
   c.peak_flops_per_device = 0.0  # for MFU; 0: clipjax/train/throughput.py's table
+  c.compilation_cache_dir = '~/.cache/clipjax/jax'  # compiled programs kept for the next run
   # dcn_data: slices (TPU) or processes (GPU) the data axis spans over the network.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   c.sharding_rules = [list(r) for r in DEFAULT_RULES]
@@ -93,6 +94,9 @@ MEANING = {
     'loss_implementation': 'contrastive loss: auto, xla, chunked or pallas (clipjax/kernels)',
     'loss_collective': 'sharded loss: gather (all-gather columns) or ring (pass blocks; O(B*D) '
                        'memory split over devices)',
+    'compilation_cache_dir': "JAX's persistent compilation cache: later runs load the "
+                             "programs instead of compiling them ('': off; "
+                             'JAX_COMPILATION_CACHE_DIR, when set, wins)',
     'peak_flops_per_device': 'the MFU denominator; 0: the device table (dense bf16), on a '
                              'CPU a measured float32 matmul (clipjax/train/throughput.py)',
     'mesh.data': 'data-parallel axis size (-1: the remaining devices)',

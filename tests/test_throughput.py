@@ -8,6 +8,7 @@ import pytest
 
 from clipjax import sharding
 from clipjax.train import throughput
+from clipjax.train import loop
 from clipjax.train.loop import Trainer
 from tests.test_train import tiny_config
 
@@ -53,3 +54,30 @@ def test_the_cpu_peak_is_the_best_over_its_time_budget():
   start = time.perf_counter()
   peak = throughput.matmul_peak_flops(256, seconds=0.2)
   assert time.perf_counter() - start >= 0.2 and 1e8 < peak < 1e14
+
+
+def test_a_second_run_loads_the_programs_the_first_compiled(tmp_path, python_subprocess):
+  """`compilation_cache_dir` (on by default): a repeated or resumed run reads the cache."""
+  code = '''
+  import jax, jax.monitoring
+  from clipjax.train.loop import Trainer
+  from tests.test_train import tiny_config
+  hits = []
+  jax.monitoring.register_event_listener(
+      lambda event, **kw: hits.append(1) if event == '/jax/compilation_cache/cache_hits' else None)
+  config = tiny_config(total_steps=2, log_every=1, checkpoint_every=2,
+                       compilation_cache_dir='{cache}')
+  Trainer(config, '{workdir}').train()
+  print(len(hits))
+  '''
+  env = {'JAX_COMPILATION_CACHE_DIR': '', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  hits = [int(python_subprocess(code.format(cache=tmp_path / 'cache', workdir=tmp_path / run),
+                                env=env).split()[-1]) for run in ('first', 'second')]
+  assert hits[0] == 0 and any((tmp_path / 'cache').iterdir()) and hits[1] > 0
+
+
+def test_a_cache_given_to_jax_is_kept():
+  given = jax.config.jax_compilation_cache_dir  # tests/conftest.py's
+  assert given
+  loop.use_compilation_cache('/elsewhere')
+  assert jax.config.jax_compilation_cache_dir == given

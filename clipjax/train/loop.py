@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -114,11 +115,21 @@ class HookContext:
     return self._trainer.restructure(state, updates, params=params, aux=aux, mutables=mutables)
 
 
+def use_compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache in `path` (MaxText's `jax_cache_dir`): a resumed,
+  restarted or repeated run (a study's seeds, a notebook's ablations) loads the programs
+  an earlier one compiled. A directory already given to JAX (JAX_COMPILATION_CACHE_DIR)
+  is kept; an empty `path` leaves JAX as it is."""
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+
+
 class Trainer:
   """Everything a run needs; `train()`, `evaluate_checkpoint()` and `export_checkpoint()`
   drive it."""
 
   def __init__(self, config, workdir, devices=None):
+    use_compilation_cache(config.get('compilation_cache_dir', ''))
     self.workdir = Path(workdir).absolute()  # orbax refuses relative checkpoint paths
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh = sharding.make_mesh(**config.mesh, devices=devices)
