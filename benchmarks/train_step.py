@@ -19,8 +19,8 @@ prints every median step time and the ratio of the medians. The PyTorch model is
 open_clip's `CLIP` with its `ClipLoss` when open_clip is importable (it is not a clipjax
 dependency: its torchvision needs a CUDA build here), otherwise transformers'
 `CLIPModel`, said in the output. Both sides run the same step: both towers, symmetric
-InfoNCE with a learnable temperature, backward, global-norm clip at 1, AdamW (decay on
-matrices only, as clipjax's rules), on one fixed batch.
+InfoNCE with a learnable temperature, backward, global-norm clip, AdamW with clipjax's
+settings (decay on matrices only, as clipjax's rules), on one fixed batch.
 """
 import argparse
 import statistics
@@ -149,9 +149,9 @@ def transformers_model(m: dict, why: str):
           loss_of)
 
 
-def torch_step(case, batch):
-  """(name of the PyTorch implementation, step() -> None) for the side-by-side case, on
-  clipjax's batch."""
+def torch_step(case, batch, optim):
+  """(name of the PyTorch implementation, step() -> None, parameters) for the
+  side-by-side case, on clipjax's batch with clipjax's AdamW settings (`optim`)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -160,16 +160,16 @@ def torch_step(case, batch):
   name, model, loss_of = found or transformers_model(m, why)
   matrices = [p for p in model.parameters() if p.ndim >= 2]
   others = [p for p in model.parameters() if p.ndim < 2]
-  opt = torch.optim.AdamW([dict(params=matrices, weight_decay=0.2),
+  opt = torch.optim.AdamW([dict(params=matrices, weight_decay=optim.weight_decay),
                            dict(params=others, weight_decay=0.0)],
-                          lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
+                          lr=optim.lr, betas=(optim.b1, optim.b2), eps=optim.eps)
   images = torch.from_numpy(np.asarray(batch['image'], np.float32).transpose(0, 3, 1, 2).copy())
   ids = torch.from_numpy(np.asarray(batch['text'], np.int64))
 
   def step():
     opt.zero_grad(set_to_none=True)
     loss_of(images, ids).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
     opt.step()
   step()
   return name, step, sum(p.numel() for p in model.parameters())
@@ -179,7 +179,7 @@ def side_by_side(rounds: int, steps: int) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   case = CASES['side by side (issue #23)']
   trainer, ours, _, batch = clipjax_step(case, 'float32')
-  name, theirs, their_params = torch_step(case, batch)
+  name, theirs, their_params = torch_step(case, batch, trainer.config.optim)
   params = {'clipjax': sum(x.size for x in jax.tree_util.tree_leaves(trainer.abstract_state.params)),
             name: their_params}
   times = {'clipjax': [], name: []}
