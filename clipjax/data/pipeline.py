@@ -276,8 +276,12 @@ def make_train_loader(source, transform, *, global_batch_size: int, seed: int,
   A source with `ordered = True` (an order of its own, e.g. episodes) is read in that
   order, repeated, not shuffled. Shard sources are split by shard.
   With `worker_count` > 0 grain worker processes each take every worker_count-th
-  element (sample or shard) of that stream and batch their own samples, so the
-  order depends on worker_count (resume with the same value).
+  element of that stream and batch their own samples. For random-access sources under
+  'batch' the stream is arranged so that worker w's elements are the rows of batches
+  w, w + worker_count, ...: the batches are those of no workers, bit for bit, whatever
+  the count (until a skipped sample is replaced from the worker's next batch). Shard
+  streams and 'interleave' give each worker every worker_count-th shard or sample, so
+  their order depends on worker_count (resume with the same value).
   """
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
@@ -297,7 +301,8 @@ def make_train_loader(source, transform, *, global_batch_size: int, seed: int,
     ds = ds.random_map(preprocess, seed=seed)
   else:
     ds = _index_stream(source, seed, process_index, process_count, label_noise,
-                       read_threads, global_batch_size, process_split, preprocess)
+                       read_threads, global_batch_size, process_split, preprocess,
+                       max(1, worker_count))
   ds = _SkipAndBatch(ds, global_batch_size // process_count)
   if worker_count > 0:
     # grain reads absl flags when starting workers; outside absl.app they are unparsed.
@@ -309,7 +314,7 @@ def make_train_loader(source, transform, *, global_batch_size: int, seed: int,
 
 
 def _index_stream(source, seed, process_index, process_count, label_noise, read_threads,
-                  batch_size, process_split, preprocess) -> grain.IterDataset:
+                  batch_size, process_split, preprocess, workers) -> grain.IterDataset:
   """Preprocessed samples of this process, forever."""
   if len(source) < process_count:
     raise ValueError(f'Source {source!r} has {len(source)} samples, fewer than '
@@ -324,29 +329,36 @@ def _index_stream(source, seed, process_index, process_count, label_noise, read_
     ds = shuffle(ds[process_index::process_count]).repeat()
     return ds.to_iter_dataset(read).random_map(preprocess, seed=seed)
   ds = shuffle(ds).repeat().random_map(preprocess, seed=seed)
-  return _ProcessRows(ds, batch_size // process_count, process_index,
-                      process_count).to_iter_dataset(read)
+  return _ProcessRows(ds, batch_size // process_count, process_index, process_count,
+                      workers).to_iter_dataset(read)
 
 
 class _ProcessRows(grain.MapDataset):
-  """Element k of process p is row k % b of its slice [p * b, (p + 1) * b) of global batch
-  k // b (global batches of P * b consecutive parent elements)."""
+  """Process p's rows of the global batches (P * b consecutive parent elements), the
+  batches dealt round-robin to W workers, each taking every W-th element: element
+  j = w + W * i is row i % b of the process's batch W * (i // b) + w, whose rows are
+  [p * b, (p + 1) * b) of that global batch."""
 
-  def __init__(self, parent, rows: int, process_index: int, process_count: int):
+  def __init__(self, parent, rows: int, process_index: int, process_count: int,
+               workers: int):
     super().__init__(parent)
     self._rows, self._index, self._count = rows, process_index, process_count
+    self._workers = workers
 
   def __len__(self):
-    return len(self._parent) // (self._count * self._rows) * self._rows
+    per_round = self._count * self._rows * self._workers
+    return len(self._parent) // per_round * self._rows * self._workers
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    batch, row = divmod(index, self._rows)
-    return self._parent[(batch * self._count + self._index) * self._rows + row]
+    i, worker = divmod(index, self._workers)
+    batch = i // self._rows * self._workers + worker
+    return self._parent[(batch * self._count + self._index) * self._rows + i % self._rows]
 
   def __str__(self):
-    return f'_ProcessRows(rows={self._rows}, process={self._index}/{self._count})'
+    return (f'_ProcessRows(rows={self._rows}, process={self._index}/{self._count}, '
+            f'workers={self._workers})')
 
 
 def _shard_stream(source, seed, process_index, process_count, shuffle_buffer,
