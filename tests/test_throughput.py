@@ -81,3 +81,38 @@ def test_a_cache_given_to_jax_is_kept():
   assert given
   loop.use_compilation_cache('/elsewhere')
   assert jax.config.jax_compilation_cache_dir == given
+
+
+class _Loader:
+  """The run's loader with its batches fetched ahead (no wait) or each delayed."""
+
+  def __init__(self, loader, delay):
+    self.loader, self.delay = loader, delay
+    self.ready = [next(loader) for _ in range(8)] if delay == 0 else None
+
+  def __iter__(self):
+    if self.ready is not None:
+      yield from self.ready
+    for batch in self.loader:
+      time.sleep(self.delay)
+      yield batch
+
+  def __getattr__(self, name):
+    return getattr(self.loader, name)
+
+
+@pytest.mark.parametrize('delay', [0, 0.25])
+def test_the_input_wait_is_the_share_of_time_spent_getting_batches(tmp_path, monkeypatch,
+                                                                     delay):
+  """`input_wait` in metrics.jsonl: about 1 when every batch is late, about 0 when batches
+  are ready before the step asks (the step is dispatched asynchronously)."""
+  make_loader = Trainer.make_loader
+  monkeypatch.setattr(Trainer, 'make_loader', lambda self: _Loader(make_loader(self), delay))
+  Trainer(tiny_config(total_steps=7, log_every=3, checkpoint_every=7), tmp_path).train()
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  waits = [r['input_wait'] for r in rows]
+  assert len(waits) == 3
+  if delay:
+    assert all(0.8 < w <= 1 for w in waits), waits
+  else:
+    assert all(0 <= w < 0.1 for w in waits), waits

@@ -462,7 +462,7 @@ class Trainer:
     it = iter(loader)
     last = {}
     progress = writer.progress(start, end)
-    t0, n0 = time.perf_counter(), start
+    t0, n0, waited = time.perf_counter(), start, 0.0
     first_step = start + 1  # throughput excludes compilation, also after a rebuild
     try:
       for step in range(start + 1, end + 1):
@@ -470,7 +470,10 @@ class Trainer:
         if ran:
           first_step = step
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = self.global_batch(next(it))
+          fetch = time.perf_counter()
+          host_batch = next(it)
+          waited += time.perf_counter() - fetch
+          batch = self.global_batch(host_batch)
           flops = self.step_flops(state, batch)  # before the step donates the state
           state, metrics = self.train_step(state, batch)
         c, stage_end = self.config, step == self.stage.end  # the stage's settings
@@ -484,15 +487,19 @@ class Trainer:
           last['tflops_per_device'] = per_device / 1e12
           if peak:
             last['mfu'] = per_device / peak
+          # Share of the interval spent getting batches (open_clip's data time): the step
+          # is dispatched asynchronously, so near 1 the input bounds the run.
+          last['input_wait'] = waited / dt
           last.update(loader.metrics(reduce=distributed.sum_counts))  # all processes
-          t0, n0 = time.perf_counter(), step
+          t0, n0, waited = time.perf_counter(), step, 0.0
           writer.write(step, last)
           progress.update(step, last, last['examples_per_sec'] / c.batch_size)
           self.check_finite(step, last)
         if c.eval_every and (step % c.eval_every == 0 or stage_end):
+          paused = time.perf_counter()
           evals, details = self.evaluate(state)
           writer.write_eval(step, evals, details)
-          t0 = time.perf_counter()
+          t0 += time.perf_counter() - paused  # rates are of training, not evaluation
         if step % c.checkpoint_every == 0 or stage_end or stopping:
           self.save(state, loader, metrics)
         if preempted:
@@ -503,7 +510,7 @@ class Trainer:
                    '--config.stop_at_step resumes.', step, self.total_steps)
         if step == first_step:
           jax.block_until_ready(metrics)
-          t0, n0 = time.perf_counter(), step
+          t0, n0, waited = time.perf_counter(), step, 0.0
     finally:
       loader.close()  # stops grain's workers and unlinks the shared memory of queued batches
       self.checkpointer.wait()

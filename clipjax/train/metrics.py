@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from clipjax.evaluate import report
 
 # Measured on the clock, so they differ between a run and its resumed copy.
-WALL_CLOCK_KEYS = ('examples_per_sec', 'tflops_per_device', 'mfu')
+WALL_CLOCK_KEYS = ('examples_per_sec', 'tflops_per_device', 'mfu', 'input_wait')
 
 
 def _summary_writer(logdir):
@@ -74,8 +74,8 @@ class MetricWriter:
 
 
 class Progress:
-  """tqdm bar showing step, loss, examples/s, MFU and an ETA from the measured steps/s
-  (tqdm's own rate would count compilation and evaluation)."""
+  """tqdm bar showing step, loss, examples/s, MFU, the input wait and an ETA from the
+  measured steps/s (tqdm's own rate would count compilation and evaluation)."""
 
   def __init__(self, start, total, enabled):
     self.bar = tqdm(total=total, initial=start, disable=not enabled, unit='step',
@@ -89,7 +89,8 @@ class Progress:
     eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
     mfu = f', MFU={100 * metrics["mfu"]:.1f}%' if 'mfu' in metrics else ''
     self.bar.set_postfix_str(f'loss={metrics["loss"]:.4f}, ex/s={metrics["examples_per_sec"]:.0f}'
-                             f'{mfu}, ETA {tqdm.format_interval(eta) if eta == eta else "?"}')
+                             f'{mfu}, input={100 * metrics["input_wait"]:.0f}%, '
+                             f'ETA {tqdm.format_interval(eta) if eta == eta else "?"}')
 
   def close(self) -> None:
     self.bar.close()
