@@ -58,11 +58,13 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
   transform's keys, shapes and dtypes, which stands in for samples that cannot be read.
   Every process gets {name: np.ndarray [len(indices), ...]} in the order of `indices`,
   plus 'valid' (bool): False where a sample could not be read (its rows hold fn's output
-  on zeros). `read_threads` > 0 reads ahead in that many threads (grain's), which pays
-  where reading releases the GIL (JPEG decode) and costs where it does not: a ProtoCLIP
-  quickstart episode takes 6.4-8.0 s with 16 threads against 3.1-3.6 s with none, 4.9-5.4
-  s against 1.4-2.0 s once its samples are kept (`python benchmarks/protoclip_episode.py`,
-  two runs on 2 cores).
+  on zeros). Each batch is computed while the next one is read (a ProtoCLIP quickstart
+  episode whose samples are kept: 1.12-1.32 s, against 1.85-1.90 s reading and computing
+  in turn). `read_threads` > 0 reads ahead in that many threads (grain's), which pays
+  where reading releases the GIL (JPEG decode) and costs where it does not: the episode
+  takes 5.2-5.7 s with 16 threads against 2.0-2.2 s with none, 3.1-3.4 s against 1.1-1.3 s
+  once its samples are kept (`python benchmarks/protoclip_episode.py`, two runs on 2 cores,
+  2026-12-02).
   """
   if not hasattr(source, '__getitem__') or hasattr(source, 'shards'):
     raise ValueError(f'feature_pass needs a random-access source (synthetic, csv, '
@@ -79,7 +81,9 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
   reader = iter(reader.to_iter_dataset(grain.ReadOptions(
       num_threads=read_threads, prefetch_buffer_size=2 * len(held))))
   example = dict(example, **{VALID: np.bool_(False)})
-  outputs = []
+  local = lambda x: np.asarray(x.addressable_data(0))
+  fetch = lambda computed: (jax.tree_util.tree_map(local, computed[0]), local(computed[1]))
+  outputs, pending = [], None
   for b in range(batches):
     rows = {}
     for r in held:
@@ -90,9 +94,12 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
         (batch_size,) + np.shape(value), placement,
         lambda index, key=key: np.stack([rows[r][key] for r in range(batch_size)[index[0]]]))
              for key, value in example.items()}
-    out, valid = _compiled(fn, mesh)(args, batch)
-    local = lambda x: np.asarray(x.addressable_data(0))
-    outputs.append((jax.tree_util.tree_map(local, out), local(valid)))
+    computed = _compiled(fn, mesh)(args, batch)  # runs while the next batch is read
+    if pending is not None:
+      outputs.append(fetch(pending))
+    pending = computed
+  if pending is not None:
+    outputs.append(fetch(pending))
   result = {k: np.concatenate([o[k] for o, _ in outputs])[:n] for k in outputs[0][0]}
   result['valid'] = np.concatenate([v for _, v in outputs])[:n]
   return result
