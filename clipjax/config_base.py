@@ -141,8 +141,10 @@ MEANING = {
     'data.synthetic_split': "synthetic shapes: 'train' (held-out pairs left out) or 'all' pairs",
     'data.caption_style': "synthetic shapes: 'short' (1-3 objects) or 'long' (2-4, every attribute)",
     'data.zipf': 'synthetic shapes: shape and colour of rank r drawn in proportion to r**-zipf',
-    'data.num_workers': ('grain worker processes (0: in the main process); from a '
-                         'random-access source any number gives the same batches'),
+    'data.num_workers': ('grain worker processes (0: in the main process); a run resumes '
+                         'with the number it started with; from a random-access source '
+                         "and process_split 'batch' any number gives the same batches "
+                         'while no sample is skipped'),
     'data.read_threads': 'threads reading ahead of a random-access source and of the feature '
                          'pass (0: none; pays where reading releases the GIL, e.g. JPEG decode)',
     'data.augment.scale': 'random-resized-crop area range',

@@ -62,9 +62,9 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
   episode whose samples are kept: 1.12-1.32 s, against 1.85-1.90 s reading and computing
   in turn). `read_threads` > 0 reads ahead in that many threads (grain's), which pays
   where reading releases the GIL (JPEG decode) and costs where it does not: the episode
-  takes 5.2-5.7 s with 16 threads against 2.0-2.2 s with none, 3.1-3.4 s against 1.1-1.3 s
-  once its samples are kept (`python benchmarks/protoclip_episode.py`, two runs on 2 cores,
-  2026-12-02).
+  takes 5.2-5.7 s with 16 threads against 2.0-2.7 s with none, 3.1-3.4 s against 1.1-1.3 s
+  once its samples are kept (`python benchmarks/protoclip_episode.py`, two to four runs on
+  2 cores, 2026-12-02).
   """
   if not hasattr(source, '__getitem__') or hasattr(source, 'shards'):
     raise ValueError(f'feature_pass needs a random-access source (synthetic, csv, '
@@ -74,8 +74,10 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
       (batch_size,)).values() for row in range(batch_size)[index[0]]})
   indices = np.asarray(indices, np.int64)
   n = len(indices)
+  if not n:
+    raise ValueError('feature_pass was given no indices: nothing to embed')
   batches = -(-n // batch_size)
-  padded = np.concatenate([indices, np.full(batches * batch_size - n, indices[0] if n else 0)])
+  padded = np.concatenate([indices, np.full(batches * batch_size - n, indices[0])])
   positions = [b * batch_size + r for b in range(batches) for r in held]
   reader = grain.MapDataset.source(_Rows(source, transform, padded, positions, seed))
   reader = iter(reader.to_iter_dataset(grain.ReadOptions(

@@ -94,7 +94,10 @@ def test_resume_is_exact_with_workers(canvas_size, workers):
   resumed.set_state(state)
   assert_same(take(resumed, 6), reference)
   resumed.close()
-  assert_same(first + reference, take(loader(augment=AUG, canvas_size=canvas_size), 10))
+  single = loader(augment=AUG, canvas_size=canvas_size)
+  assert_same(first + reference, take(single, 10))
+  with pytest.raises(ValueError, match=f'data.num_workers={workers}, and this run has 0'):
+    single.set_state(state)  # grain keeps a position per worker
 
 
 def test_processes_read_disjoint_samples_covering_the_epoch():

@@ -205,13 +205,15 @@ class TrainLoader:
   (the training loop sums it over processes).
   `rows_per_process` is set when this process's stream takes that many rows of each
   global batch (process_split='batch'): a state saved under another process count is
-  mapped to the same number of global batches.
+  mapped to the same number of global batches. A state saved with another number of
+  workers is refused: grain keeps one position per worker.
   """
 
-  def __init__(self, dataset: grain.IterDataset, rows_per_process: int | None = None):
+  def __init__(self, dataset: grain.IterDataset, rows_per_process: int | None = None,
+               workers: int = 0):
     self._dataset = dataset
     self._iter = iter(dataset)
-    self._rows = rows_per_process
+    self._rows, self._workers = rows_per_process, workers
     self.skipped = collections.Counter()
 
   def __iter__(self):
@@ -231,12 +233,18 @@ class TrainLoader:
     return out
 
   def get_state(self) -> dict:
-    state = {'grain': json.dumps(self._iter.get_state()), 'skipped': dict(self.skipped)}
+    state = {'grain': json.dumps(self._iter.get_state()), 'skipped': dict(self.skipped),
+             'workers': self._workers}
     if self._rows:
       state['rows_per_process'] = self._rows
     return state
 
   def set_state(self, state: dict) -> None:
+    workers = state.get('workers', self._workers)  # checkpoints before 2026-12-02 lack it
+    if workers != self._workers:
+      raise ValueError(f'The data position was saved with data.num_workers={workers}, and '
+                       f'this run has {self._workers}: resume with '
+                       f'--config.data.num_workers={workers}')
     grain_state = json.loads(state['grain'])
     saved = state.get('rows_per_process')
     if self._rows and saved and saved != self._rows:
@@ -281,7 +289,8 @@ def make_train_loader(source, transform, *, global_batch_size: int, seed: int,
   w, w + worker_count, ...: the batches are those of no workers, bit for bit, whatever
   the count (until a skipped sample is replaced from the worker's next batch). Shard
   streams and 'interleave' give each worker every worker_count-th shard or sample, so
-  their order depends on worker_count (resume with the same value).
+  their order depends on worker_count. Every run resumes with the worker count it was
+  saved with (grain keeps a position per worker).
   """
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
@@ -310,7 +319,8 @@ def make_train_loader(source, transform, *, global_batch_size: int, seed: int,
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   batch_split = process_split == 'batch' and not hasattr(source, 'shards')
-  return TrainLoader(ds, global_batch_size // process_count if batch_split else None)
+  return TrainLoader(ds, global_batch_size // process_count if batch_split else None,
+                     worker_count)
 
 
 def _index_stream(source, seed, process_index, process_count, label_noise, read_threads,

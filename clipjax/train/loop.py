@@ -487,8 +487,10 @@ class Trainer:
           last['tflops_per_device'] = per_device / 1e12
           if peak:
             last['mfu'] = per_device / peak
-          # Share of the interval spent getting batches (open_clip's data time): the step
-          # is dispatched asynchronously, so near 1 the input bounds the run.
+          # Share of the interval process 0 spent getting batches (open_clip logs this
+          # data time per batch). Steps are dispatched asynchronously, so a loader that
+          # keeps up leaves it near 0; without workers the loader also takes the cores
+          # the step would use, so a run can be input-bound well below 1.
           last['input_wait'] = waited / dt
           last.update(loader.metrics(reduce=distributed.sum_counts))  # all processes
           t0, n0, waited = time.perf_counter(), step, 0.0
@@ -496,6 +498,7 @@ class Trainer:
           progress.update(step, last, last['examples_per_sec'] / c.batch_size)
           self.check_finite(step, last)
         if c.eval_every and (step % c.eval_every == 0 or stage_end):
+          jax.block_until_ready(state)  # steps still running are training time
           paused = time.perf_counter()
           evals, details = self.evaluate(state)
           writer.write_eval(step, evals, details)
