@@ -100,8 +100,7 @@ def feature_pass(fn, args: tuple, source, transform, indices, *, mesh, batch_siz
     if pending is not None:
       outputs.append(fetch(pending))
     pending = computed
-  if pending is not None:
-    outputs.append(fetch(pending))
+  outputs.append(fetch(pending))  # n > 0: at least one batch
   result = {k: np.concatenate([o[k] for o, _ in outputs])[:n] for k in outputs[0][0]}
   result['valid'] = np.concatenate([v for _, v in outputs])[:n]
   return result
