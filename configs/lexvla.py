@@ -55,5 +55,6 @@ def get_config() -> ConfigDict:
       penalty_sides=('image', 'text'), overuse_stop_gradient=True,
       lora_rank=8, lora_alpha=16.0, lora_rules=LORA_RULES, adapter_mlp_dim=1024,
       pool_chunk=1024,  # [batch, 256 patches, 1024 words] at a time, never all 17k words
+      train_top_k=0, train_top_k_anneal=0.4,  # the paper sparsifies at inference only
       eval_threshold=config_dict.placeholder(float), eval_top_k=0, eval_batch_size=64))
   return c

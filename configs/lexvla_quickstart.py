@@ -1,7 +1,7 @@
 """LexVLA on the CPU: the quickstart's shapes, a tiny Llama of our own as the LLM.
 
-All of it, three seeds, LexVLA with and without the overuse penalty against CLIP at equal
-steps (clipjax/analysis/lexvla_study.py):
+All of it, three seeds, LexVLA with and without the overuse penalty, and trained on its
+top 4 words too (':top_k'), against CLIP at equal steps (clipjax/analysis/lexvla_study.py):
   python -m clipjax.analysis.lexvla_study --config configs/lexvla_quickstart.py:study \
       --workdir runs/lexvla
 Or one run (DIR/llm: a Hugging Face Llama folder, e.g. the study's):
@@ -16,7 +16,7 @@ from ml_collections import ConfigDict, config_dict
 
 from clipjax import config_base as common
 
-VARIANTS = ('lexvla', 'no_penalty', 'flops', 'clip')
+VARIANTS = ('lexvla', 'no_penalty', 'top_k', 'flops', 'clip')
 # LoRA on every projection of every decoder layer (an output kernel [heads, dim, width]
 # has two input axes).
 LORA_RULES = (('layer_.*/(query|key|value|gate|up|down)/kernel', 1), ('layer_.*/out/kernel', 2))
@@ -54,11 +54,13 @@ def get_config(arg: str = 'lexvla') -> ConfigDict:
                           max_caption_tokens=20, dtype='float32'))
   c.lexvla = ConfigDict(dict(
       min_letters=2, stopwords=True,
-      penalty={'lexvla': 'overuse', 'no_penalty': 'none', 'flops': 'flops'}[arg],
+      penalty={'lexvla': 'overuse', 'no_penalty': 'none', 'top_k': 'none', 'flops': 'flops'}[arg],
       penalty_weight=10.0, penalty_sides=('image', 'text'), overuse_stop_gradient=True,
       lora_rank=8, lora_alpha=16.0, lora_rules=LORA_RULES,
       adapter_mlp_dim=0,  # 0: the LLM's width
       pool_chunk=0,  # vocabulary chunk of the patch max-pool (0: all words at once)
+      # InfoNCE on the top-k words too, k annealed from V over this share of the steps
+      train_top_k=4 if arg == 'top_k' else 0, train_top_k_anneal=0.4,
       eval_threshold=config_dict.placeholder(float),  # None: 1/sqrt(V); 0: none
       eval_top_k=0, eval_batch_size=64))
   return c
@@ -71,4 +73,5 @@ def study_config() -> ConfigDict:
   language_model = dict(vocab_size=1024, width=96, layers=4, heads=4, kv_heads=2, mlp_dim=256,
                         length=64, steps=400, batch_size=32, facet_batch_size=32, lr=3e-3)
   return ConfigDict(dict(language_model=language_model, seeds=(0, 1, 2),
-                         runs={v: get_config(v) for v in ('lexvla', 'no_penalty', 'clip')}))
+                         runs={v: get_config(v)
+                               for v in ('lexvla', 'no_penalty', 'top_k', 'clip')}))

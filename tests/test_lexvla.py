@@ -89,6 +89,19 @@ def test_penalties_and_sparsification_equal_numpy():
   assert (np.count_nonzero(sparse, axis=1) <= 3).all() and np.count_nonzero(sparse) > 6
 
 
+def test_top_k_cut_and_its_schedule_equal_numpy():
+  s = np.random.default_rng(1).random((6, 12)).astype(np.float32)
+  s[0, 3] = s[0, 7] = s[0].max()  # a tie at the top: both kept
+  for k in (1, 2.6, 3, 12):
+    kth = np.sort(s, axis=1)[:, -int(round(k))]
+    expected = np.where(s >= kth[:, None], s, 0.0)
+    np.testing.assert_array_equal(lexvla.keep_top_k(jnp.asarray(s), jnp.float32(k)), expected)
+  g = jax.grad(lambda x: jnp.sum(lexvla.keep_top_k(x, jnp.float32(3)) ** 2))(jnp.asarray(s))
+  np.testing.assert_allclose(g, 2 * np.where(s >= np.sort(s, axis=1)[:, -3:-2], s, 0.0), rtol=1e-6)
+  ks = [float(lexvla.top_k_schedule(t, 100, 86, 4, 0.5)) for t in (0, 25, 50, 80)]
+  np.testing.assert_allclose(ks, [86, np.sqrt(86 * 4), 4, 4], rtol=1e-5)
+
+
 def test_vocabulary_keeps_word_initial_alphabetic_pieces():
   tok = language_model.train_tokenizer(['the red circle and 42 blue squares, the end.'] * 20 +
                                        ['reddish circles'] * 5, 120)
@@ -212,11 +225,17 @@ def test_lexvla_trains_and_evaluates(tmp_path, tiny_llm_folder):
 
 def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
   """Accumulation keeps every negative and both penalties' batch means (over the global
-  batch), and a stopped run resumes bit for bit."""
+  batch), and a stopped run resumes bit for bit, its annealed top-k cut included."""
   from clipjax.train import loop  # pylint: disable=g-import-not-at-top
+  top_k = {'lexvla.train_top_k': 4, 'lexvla.train_top_k_anneal': 0.5}
   run = lambda name, **kw: loop.Trainer(_config(tiny_llm_folder, total_steps=4,
-                                                checkpoint_every=4, **kw), tmp_path / name)
+                                                checkpoint_every=4, **top_k, **kw), tmp_path / name)
   assert_accumulation_and_resume_exact(run)
+  rows = [json.loads(line) for line in (tmp_path / 'whole' / 'metrics.jsonl').read_text().splitlines()]
+  vocab = len(lexvla.LexVLA(_config(tiny_llm_folder)).words)
+  np.testing.assert_allclose([r['train_top_k'] for r in rows if 'train_top_k' in r],
+                             [vocab, np.sqrt(vocab * 4), 4, 4], rtol=1e-5)
+  assert all(r['contrastive_top_k'] > 0 for r in rows if 'train_top_k' in r)
 
 
 def test_backbone_from_a_clip_checkpoint(tmp_path, tiny_llm_folder):

@@ -1,4 +1,5 @@
-"""LexVLA with and without the overuse penalty against CLIP, at equal steps, on the CPU:
+"""LexVLA with and without the overuse penalty, and trained on its top 4 words too, against
+CLIP, at equal steps, on the CPU:
 
   python -m clipjax.analysis.lexvla_study --config configs/lexvla_quickstart.py:study \
       --workdir runs/lexvla [--config.seeds=0,1,2]
@@ -7,10 +8,10 @@
    with instruction data in the lexical prompt's own form: the prompt's last token is
    taught one of the caption's content words (`corpus`), the in-context lexical
    prediction Llama 2 brings to the paper. Saved as a Hugging Face folder (DIR/llm).
-2. Per seed, each run of `runs` (LexVLA, LexVLA without penalty, CLIP) trained for the
-   same steps on the same data and evaluated alike (retrieval, zero-shot, PatchDis for
-   the lexical ones); the lexical runs also report the words active per item and across
-   the evaluation images, and the top words of single-object images.
+2. Per seed, each run of `runs` (LexVLA, without the penalty, with the top-k term, CLIP)
+   trained for the same steps on the same data and evaluated alike (retrieval, zero-shot,
+   PatchDis for the lexical ones); the lexical runs also report the words active per
+   item and across the evaluation images, and the top words of single-object images.
 Finished parts are read back, not repeated (a changed config needs another workdir).
 Writes results.json, results.md and lexvla_study.png.
 """

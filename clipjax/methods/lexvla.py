@@ -31,6 +31,13 @@ Open in the paper, chosen here (each a config key under `lexvla`):
 - the adapter: a pre-norm transformer block, LayerNorm, Linear-GELU-Linear; patch tokens
   only (no class token) enter the max-pool.
 
+Ours, off the paper (`train_top_k`, default 0: off): the loss adds InfoNCE on the vectors
+as inference reads them, each cut to its top k words and renormalised, with k annealed
+geometrically from the whole vocabulary to `train_top_k` over the first
+`train_top_k_anneal` of the steps (every word gets gradient early; a fixed small k from
+the start left the loss at ln(batch): README). The dense term stays, so the words below
+the cut still learn; the current k is in the train state's `aux`.
+
 With `pool_chunk` > 0 the [batch, patches, vocab] logits of training are never whole in
 memory: the max-pool runs over vocabulary chunks of that many words, each recomputed in
 the backward pass (PatchDis's `encode_patches` does hold them, per evaluation batch).
@@ -39,7 +46,7 @@ the quickstart trains a small ViT from scratch instead (no DINOv2 here).
 Config: `llm` (path: a Hugging Face Llama-family folder; max_length, max_caption_tokens,
 dtype; param_dtype: the frozen LLM's storage, bfloat16 halves a 7B model), `lexvla`
 (above, plus lora_rank, lora_alpha, lora_rules, pool_chunk, adapter_mlp_dim,
-eval_threshold, eval_top_k, eval_batch_size).
+train_top_k, train_top_k_anneal, eval_threshold, eval_top_k, eval_batch_size).
 `configs/lexvla.py` (the paper's recipe), `configs/lexvla_quickstart.py`.
 """
 import functools
@@ -127,6 +134,21 @@ def overuse_penalty(s, stop_gradient: bool = False):
 def flops_penalty(s):
   """Paria et al. (2020): sum_j (mean_i s_ij)^2."""
   return jnp.sum(jnp.mean(s, axis=0) ** 2)
+
+
+def keep_top_k(s, k):
+  """[B, V]: each row's entries at or above its k-th largest (k traced, rounded, at least
+  1), the rest 0; the gradient flows through the kept entries."""
+  k = jnp.clip(jnp.round(k).astype(jnp.int32), 1, s.shape[-1])
+  kth = jnp.take(jnp.sort(s, axis=-1), s.shape[-1] - k, axis=-1)
+  return jnp.where(s >= kth[..., None], s, 0.0)
+
+
+def top_k_schedule(step, total_steps: int, vocab: int, k: int, anneal: float):
+  """Words kept per item in the loss after `step` steps: geometric from `vocab` to `k` over
+  the first `anneal` of `total_steps`, then `k`."""
+  t = jnp.minimum(step / max(anneal * total_steps, 1.0), 1.0)
+  return jnp.exp((1.0 - t) * math.log(vocab) + t * math.log(k)).astype(jnp.float32)
 
 
 def sparsify(s, threshold: float, top_k: int = 0):
@@ -250,6 +272,10 @@ class LexVLA(Method):
                              dtype=jnp.dtype(m.get('dtype', 'float32')))
     self.lora_rules = [tuple(r) for r in lex.lora_rules] if lex.lora_rank else []
     self.lora_scale = float(lex.lora_alpha) / max(int(lex.lora_rank), 1)
+    self.train_top_k = int(lex.train_top_k)
+    if not 0 <= self.train_top_k <= len(self.words):
+      raise ValueError(f'config.lexvla.train_top_k={self.train_top_k}: want 0 (off) or at most '
+                       f'the vocabulary, {len(self.words)} words')
     self._text_fn = None
 
   # ------------------------------------------------------------------ data
@@ -285,9 +311,17 @@ class LexVLA(Method):
     loads them."""
     del variables, rng
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)
-    return {'llm': jax.tree_util.tree_map(zeros, self._llm_shapes()),
-            'text_codebook': nn.LogicallyPartitioned(
-                jnp.zeros((len(self.words), self.llm.width), jnp.float32), ('vocab', 'embed'))}
+    aux = {'llm': jax.tree_util.tree_map(zeros, self._llm_shapes()),
+           'text_codebook': nn.LogicallyPartitioned(
+               jnp.zeros((len(self.words), self.llm.width), jnp.float32), ('vocab', 'embed'))}
+    if self.train_top_k:
+      aux['train_top_k'] = self._top_k_at(0)
+    return aux
+
+  def _top_k_at(self, step):
+    lex = self.config.lexvla
+    return top_k_schedule(step, int(self.config.total_steps), len(self.words), self.train_top_k,
+                          float(lex.train_top_k_anneal))
 
   def prepare(self, state, previous=None):
     from clipjax.convert import llama as convert_llama  # pylint: disable=g-import-not-at-top
@@ -323,12 +357,17 @@ class LexVLA(Method):
     return {'image_emb': image, 'text_emb': text}, {}
 
   def loss_from_embeddings(self, variables, aux, emb, batch):
-    del aux, batch
+    del batch
     lex = self.config.lexvla
     scale = jnp.exp(variables['params']['log_logit_scale'])
     contrastive = losses.clip_loss(emb['image_emb'], emb['text_emb'], scale, **self.loss_kwargs())
     metrics = {'logit_scale': scale, 'contrastive': contrastive}
     loss = contrastive
+    if self.train_top_k:
+      cut = [unit(keep_top_k(emb[f'{side}_emb'], aux['train_top_k'])) for side in ('image', 'text')]
+      metrics['contrastive_top_k'] = losses.clip_loss(*cut, scale, **self.loss_kwargs())
+      metrics['train_top_k'] = aux['train_top_k']
+      loss = loss + metrics['contrastive_top_k']
     if self.penalty is not None:
       for side in lex.penalty_sides:
         value = self.penalty(emb[f'{side}_emb'])
@@ -343,7 +382,10 @@ class LexVLA(Method):
 
   def after_step(self, state):
     scale = jnp.clip(state.params['log_logit_scale'], 0.0, MAX_LOG_SCALE)
-    return state.replace(params=dict(state.params, log_logit_scale=scale))
+    state = state.replace(params=dict(state.params, log_logit_scale=scale))
+    if self.train_top_k:
+      state = state.replace(aux=dict(state.aux, train_top_k=self._top_k_at(state.step)))
+    return state
 
   # ------------------------------------------------------------------ host side
 
