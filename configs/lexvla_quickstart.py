@@ -1,7 +1,8 @@
 """LexVLA on the CPU: the quickstart's shapes, a tiny Llama of our own as the LLM.
 
-All of it, three seeds, LexVLA with and without the overuse penalty, and trained on its
-top 4 words too (':top_k'), against CLIP at equal steps (clipjax/analysis/lexvla_study.py):
+All of it, three seeds, LexVLA with and without the overuse penalty, and without it but
+with InfoNCE on each vector's top 4 words too (':top_k'), against CLIP at equal steps
+(clipjax/analysis/lexvla_study.py):
   python -m clipjax.analysis.lexvla_study --config configs/lexvla_quickstart.py:study \
       --workdir runs/lexvla
 Or one run (DIR/llm: a Hugging Face Llama folder, e.g. the study's):

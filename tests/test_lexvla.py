@@ -92,14 +92,15 @@ def test_penalties_and_sparsification_equal_numpy():
 def test_top_k_cut_and_its_schedule_equal_numpy():
   s = np.random.default_rng(1).random((6, 12)).astype(np.float32)
   s[0, 3] = s[0, 7] = s[0].max()  # a tie at the top: both kept
-  for k in (1, 2.6, 3, 12):
-    kth = np.sort(s, axis=1)[:, -int(round(k))]
+  for k in (0, 1, 2.6, 3, 12, 99):  # at least one word, at most all
+    kth = np.sort(s, axis=1)[:, -min(max(int(round(k)), 1), 12)]
     expected = np.where(s >= kth[:, None], s, 0.0)
     np.testing.assert_array_equal(lexvla.keep_top_k(jnp.asarray(s), jnp.float32(k)), expected)
   g = jax.grad(lambda x: jnp.sum(lexvla.keep_top_k(x, jnp.float32(3)) ** 2))(jnp.asarray(s))
   np.testing.assert_allclose(g, 2 * np.where(s >= np.sort(s, axis=1)[:, -3:-2], s, 0.0), rtol=1e-6)
   ks = [float(lexvla.top_k_schedule(t, 100, 86, 4, 0.5)) for t in (0, 25, 50, 80)]
   np.testing.assert_allclose(ks, [86, np.sqrt(86 * 4), 4, 4], rtol=1e-5)
+  assert float(lexvla.top_k_schedule(0, 100, 86, 4, 0.0)) == pytest.approx(4)
 
 
 def test_vocabulary_keeps_word_initial_alphabetic_pieces():
@@ -233,9 +234,15 @@ def test_accumulation_and_resume_are_exact(tmp_path, tiny_llm_folder):
   assert_accumulation_and_resume_exact(run)
   rows = [json.loads(line) for line in (tmp_path / 'whole' / 'metrics.jsonl').read_text().splitlines()]
   vocab = len(lexvla.LexVLA(_config(tiny_llm_folder)).words)
-  np.testing.assert_allclose([r['train_top_k'] for r in rows if 'train_top_k' in r],
-                             [vocab, np.sqrt(vocab * 4), 4, 4], rtol=1e-5)
-  assert all(r['contrastive_top_k'] > 0 for r in rows if 'train_top_k' in r)
+  rows = [r for r in rows if 'train_top_k' in r]
+  np.testing.assert_allclose([r['train_top_k'] for r in rows], [vocab, np.sqrt(vocab * 4), 4, 4],
+                             rtol=1e-5)
+  # The cut term is in the loss, and with all V words kept it is the dense term.
+  for r in rows:
+    assert r['loss'] == pytest.approx(r['contrastive'] + r['contrastive_top_k'] + 10 * (
+        r['overuse_image'] + r['overuse_text']), rel=1e-5)
+  assert rows[0]['contrastive_top_k'] == pytest.approx(rows[0]['contrastive'], rel=1e-6)
+  assert abs(rows[-1]['contrastive_top_k'] - rows[-1]['contrastive']) > 1e-3
 
 
 def test_backbone_from_a_clip_checkpoint(tmp_path, tiny_llm_folder):

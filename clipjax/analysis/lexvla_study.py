@@ -1,5 +1,5 @@
-"""LexVLA with and without the overuse penalty, and trained on its top 4 words too, against
-CLIP, at equal steps, on the CPU:
+"""LexVLA with and without the overuse penalty, and without it but with InfoNCE on each
+vector's top 4 words too, against CLIP, at equal steps, on the CPU:
 
   python -m clipjax.analysis.lexvla_study --config configs/lexvla_quickstart.py:study \
       --workdir runs/lexvla [--config.seeds=0,1,2]

@@ -34,9 +34,12 @@ Open in the paper, chosen here (each a config key under `lexvla`):
 Ours, off the paper (`train_top_k`, default 0: off): the loss adds InfoNCE on the vectors
 as inference reads them, each cut to its top k words and renormalised, with k annealed
 geometrically from the whole vocabulary to `train_top_k` over the first
-`train_top_k_anneal` of the steps (every word gets gradient early; a fixed small k from
-the start left the loss at ln(batch): README). The dense term stays, so the words below
-the cut still learn; the current k is in the train state's `aux`.
+`train_top_k_anneal` of `total_steps` (every word gets gradient early: with k = 4 from
+the first step every item kept the same few words and nothing was learnt). The dense
+term stays, so the words below the cut still learn; while k is near V the two terms are
+equal, so early on InfoNCE weighs twice against the penalty. The current k is in the
+train state's `aux`: a run resumes with its k, and turning the term on or off changes
+the state (a checkpoint of the other kind does not restore).
 
 With `pool_chunk` > 0 the [batch, patches, vocab] logits of training are never whole in
 memory: the max-pool runs over vocabulary chunks of that many words, each recomputed in
@@ -147,7 +150,8 @@ def keep_top_k(s, k):
 def top_k_schedule(step, total_steps: int, vocab: int, k: int, anneal: float):
   """Words kept per item in the loss after `step` steps: geometric from `vocab` to `k` over
   the first `anneal` of `total_steps`, then `k`."""
-  t = jnp.minimum(step / max(anneal * total_steps, 1.0), 1.0)
+  span = anneal * total_steps
+  t = jnp.minimum(step / span, 1.0) if span > 0 else 1.0
   return jnp.exp((1.0 - t) * math.log(vocab) + t * math.log(k)).astype(jnp.float32)
 
 
@@ -276,6 +280,9 @@ class LexVLA(Method):
     if not 0 <= self.train_top_k <= len(self.words):
       raise ValueError(f'config.lexvla.train_top_k={self.train_top_k}: want 0 (off) or at most '
                        f'the vocabulary, {len(self.words)} words')
+    if self.train_top_k and not 0 <= lex.train_top_k_anneal <= 1:
+      raise ValueError(f'config.lexvla.train_top_k_anneal={lex.train_top_k_anneal}: want a '
+                       'share of total_steps, in [0, 1]')
     self._text_fn = None
 
   # ------------------------------------------------------------------ data
