@@ -64,6 +64,17 @@ def run_notebook(monkeypatch):
   return run
 
 
+def assert_within_seeds(got: dict, published: dict) -> None:
+  """Each published figure's run `got[key]` within its seeds' range `published[key]`,
+  widened by half of it: XLA compiles for the host's CPU, so a run's figures move with the
+  CPU as with the seed, and a CI machine reruns one seed of what a study measured on three."""
+  assert set(got) >= set(published), sorted(set(published) - set(got))
+  for key, seeds in published.items():
+    low, high = min(seeds), max(seeds)
+    margin = (high - low) / 2
+    assert low - margin <= got[key] <= high + margin, (key, got[key], seeds)
+
+
 def assert_accumulation_and_resume_exact(trainer, atol: float = 2e-5) -> None:
   """`trainer(name, **overrides)` -> a Trainer of a 4-step run in its own workdir:
   accumulating 4 micro-batches takes the unsplit steps (to `atol`), and a run stopped at

@@ -427,3 +427,37 @@ def test_two_launched_processes_embed_as_one(tmp_path, tiny_llm_folder):
     for suffix in (text_features.KEYS, text_features.VECTORS):
       assert np.array_equal(np.load(tmp_path / 'one' / f'{n:06d}{suffix}'),
                             np.load(tmp_path / 'two' / f'{n:06d}{suffix}'))
+
+
+# The README's study table (`python -m clipjax.analysis.flame_study --config
+# configs/flame_quickstart.py:study --workdir DIR`, seeds 0/1/2, 2026-11-30).
+PUBLISHED_STUDY = {
+    ('flame', 'long_retrieval/image_to_text_R@1'): (0.300, 0.346, 0.344),
+    ('flame', 'long_retrieval/text_to_image_R@1'): (0.560, 0.606, 0.578),
+    ('flame', 'long_retrieval/image_to_text_R@5'): (0.712, 0.728, 0.736),
+    ('flame', 'long_retrieval/text_to_image_R@5'): (0.892, 0.914, 0.902),
+    ('flame', 'shapes_colour/zeroshot_top1'): (0.250, 0.304, 0.306),
+    ('clip', 'long_retrieval/image_to_text_R@1'): (0.278, 0.312, 0.330),
+    ('clip', 'long_retrieval/text_to_image_R@1'): (0.258, 0.280, 0.300),
+    ('clip', 'long_retrieval/image_to_text_R@5'): (0.642, 0.644, 0.662),
+    ('clip', 'long_retrieval/text_to_image_R@5'): (0.620, 0.622, 0.644),
+    ('clip', 'shapes_colour/zeroshot_top1'): (1.000, 0.986, 0.994),
+}
+
+
+@pytest.mark.slow
+def test_the_published_study(tmp_path):
+  """Seed 0 of the study (the tiny LLM, the embedding job, FLAME and CLIP for 1,500
+  steps): each figure within the three seeds' range widened by half of it, and the README's
+  finding: FLAME retrieves long captions ahead of CLIP, by 20 points or more text->image."""
+  from clipjax.analysis import flame_study  # pylint: disable=import-outside-toplevel
+  from conftest import assert_within_seeds  # pylint: disable=import-outside-toplevel
+  study = load_config('configs/flame_quickstart.py:study')
+  study.seeds = (0,)
+  rows = flame_study.run_study(study, tmp_path)
+  print(rows)
+  got = {(r['method'], m): r[m] for r in rows for m in flame_study.METRICS}
+  assert_within_seeds(got, PUBLISHED_STUDY)
+  t2i = 'long_retrieval/text_to_image_R@1'
+  assert got['flame', t2i] >= got['clip', t2i] + 0.2
+  assert got['flame', 'long_retrieval/image_to_text_R@1'] > got['clip', 'long_retrieval/image_to_text_R@1']

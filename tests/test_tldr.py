@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_accumulation_and_resume_exact
+from conftest import assert_accumulation_and_resume_exact, assert_within_seeds
 
 from clipjax.analysis import tldr
 from clipjax.config_base import load_config
@@ -378,3 +378,48 @@ def test_two_launched_processes_reduce_as_one(tmp_path):
   assert two_manifest == one_manifest
   two = json.loads((tmp_path / 'two' / tldr.REPORT).read_text())
   assert _records(two['shards']) == _records(one['shards'])
+
+
+# The README's study tables (`python -m clipjax.analysis.tldr_study --config
+# configs/tldr_quickstart.py:study --workdir DIR`, seeds 0/1/2, 2026-11-30): zero-shot per
+# arm and seed; the removal rates, the same for every seed (one reduction), as single runs.
+PUBLISHED_ARMS = {
+    ('full data', 'shapes_shape/zeroshot_top1'): (0.420, 0.404, 0.504),
+    ('full data', 'shapes_colour/zeroshot_top1'): (0.998, 1.000, 0.984),
+    ('TL;DR', 'shapes_shape/zeroshot_top1'): (0.488, 0.582, 0.514),
+    ('TL;DR', 'shapes_colour/zeroshot_top1'): (0.992, 0.992, 0.988),
+    ('TL;DR recaptioned', 'shapes_shape/zeroshot_top1'): (0.450, 0.484, 0.460),
+    ('TL;DR recaptioned', 'shapes_colour/zeroshot_top1'): (0.978, 0.934, 0.922),
+    ('random subset', 'shapes_shape/zeroshot_top1'): (0.394, 0.484, 0.602),
+    ('random subset', 'shapes_colour/zeroshot_top1'): (0.960, 0.974, 0.884),
+}
+PUBLISHED_RATES = {  # kept, misaligned, duplicates and redundant copies removed
+    'TL;DR': (0.249, 0.966, 0.836, 0.989), 'random subset': (0.249, 0.750, 0.747, 0.879),
+    ('histogram', 'quota'): (0.249, 0.966, 0.836, 0.989),
+    ('histogram', 'stride'): (0.253, 0.969, 0.676, 0.806),
+    ('ids', 'stride'): (0.251, 0.971, 0.687, 0.816), ('ids', 'quota'): (0.249, 0.965, 0.844, 0.994),
+}
+RATES = ('kept_fraction', 'misaligned_removed', 'duplicates_removed', 'redundant_removed')
+
+
+@pytest.mark.slow
+def test_the_published_study(tmp_path):
+  """Seed 0 of the study (the noisy shards, the reduction, CLIP for 1,000 steps on each
+  arm): zero-shot within the three seeds' range widened by half of it, each removal rate
+  within 0.01 of the published one, and the README's finding: the TL;DR quarter beats the
+  full data on shape at equal steps."""
+  from clipjax.analysis import tldr_study  # pylint: disable=g-import-not-at-top
+  study = load_config('configs/tldr_quickstart.py:study')
+  study.seeds = (0,)
+  rows = tldr_study.run_study(study, tmp_path)
+  print(rows)
+  runs = {r['arm']: r for r in rows if 'seed' in r}
+  assert_within_seeds({(arm, m): runs[arm][m] for arm in runs for m in tldr_study.METRICS},
+                      PUBLISHED_ARMS)
+  rates = {**{arm: runs[arm] for arm in ('TL;DR', 'random subset')},
+           **{(r['representation'], r['per_cluster']): r for r in rows if r['arm'] == 'selection'}}
+  assert set(rates) == set(PUBLISHED_RATES)
+  for key, published in PUBLISHED_RATES.items():
+    np.testing.assert_allclose([rates[key][k] for k in RATES], published, atol=0.01, err_msg=str(key))
+  shape = 'shapes_shape/zeroshot_top1'
+  assert runs['TL;DR'][shape] > runs['full data'][shape]
