@@ -458,6 +458,6 @@ def test_the_published_study(tmp_path):
   print(rows)
   got = {(r['method'], m): r[m] for r in rows for m in flame_study.METRICS}
   assert_within_seeds(got, PUBLISHED_STUDY)
-  t2i = 'long_retrieval/text_to_image_R@1'
+  i2t, t2i = 'long_retrieval/image_to_text_R@1', 'long_retrieval/text_to_image_R@1'
   assert got['flame', t2i] >= got['clip', t2i] + 0.2
-  assert got['flame', 'long_retrieval/image_to_text_R@1'] > got['clip', 'long_retrieval/image_to_text_R@1']
+  assert got['flame', i2t] > got['clip', i2t]

@@ -6,6 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import assert_within_seeds
 
 from clipjax import sharding
 from clipjax.convert import native
@@ -15,7 +16,6 @@ from clipjax.train.loop import Trainer
 from clipjax.train.metrics import WALL_CLOCK_KEYS
 from tests.test_tinyclip import run_steps, student_config
 from tests.test_train import tiny_config
-from conftest import assert_within_seeds
 
 TOWERS = (('visual', 'vision', 'image', 'encode_image'), ('textual', 'text', 'text', 'encode_text'))
 PRUNE_STEP = 4
@@ -160,8 +160,15 @@ def test_stages_chain_pruned_students_and_resume_mid_chain(teacher_dir, tmp_path
 # The README's automatic-inheritance table (`python benchmarks/tinyclip_auto.py --seeds 0 1
 # 2`, 2026-12-01, a 2-core Intel Xeon VM), then seed 0 on a 2-core AMD EPYC VM (2026-12-03;
 # XLA compiles for the host's CPU): per stage, the share of the teacher's transformer
-# parameters pruned, and held-out zero-shot shape and colour at its end.
+# parameters pruned, all its parameters, and held-out zero-shot shape and colour at its end;
+# the teacher's the same on both VMs. Accuracies move with the CPU (stage 3's shape at seed
+# 0: 0.524 on the Intel VM, 0.540 on the AMD one), so each range is widened by one point or
+# more.
+PUBLISHED_TEACHER = (256_257, 0.498, 0.962)
 PUBLISHED_AUTO = {
+    ('stage 1', 'params'): (201_337, 199_330, 200_057, 199_641),
+    ('stage 2', 'params'): (147_247, 142_282, 142_206, 144_279),
+    ('stage 3', 'params'): (87_950, 88_131, 90_660, 87_156),
     ('stage 1', 'pruned'): (0.261, 0.274, 0.273, 0.266),
     ('stage 1', 'shape'): (0.482, 0.490, 0.518, 0.482),
     ('stage 1', 'colour'): (0.966, 0.966, 0.966, 0.966),
@@ -177,8 +184,9 @@ PUBLISHED_AUTO = {
 @pytest.mark.slow
 def test_the_published_automatic_inheritance_table(tmp_path):
   """Seed 0 of the README's table (the 500-step teacher, three 300-step stages pruned to
-  25 / 50 / 75%): each figure within the measured runs' range widened by half of it, and
-  the README's claim: every stage keeps the teacher's shape within 2 points and its colour."""
+  25 / 50 / 75%): each figure within the measured runs' range widened by half of it (one
+  point at least), and the README's claim: every stage keeps the teacher's shape within 2
+  points and its colour."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   from pathlib import Path  # pylint: disable=import-outside-toplevel
   path = Path(__file__).resolve().parents[1] / 'benchmarks' / 'tinyclip_auto.py'
@@ -188,9 +196,12 @@ def test_the_published_automatic_inheritance_table(tmp_path):
   teacher, accuracies = bench.train_teacher(str(tmp_path / 'teacher'))
   rows = bench.run(teacher, accuracies, 0, str(tmp_path / 'auto'))
   print(rows)
-  (_, _, _, teacher_shape, teacher_colour), *students = rows
-  got = {(name, column): value for name, pruned, _, shape, colour in students
-         for column, value in (('pruned', pruned), ('shape', shape), ('colour', colour))}
-  assert_within_seeds(got, PUBLISHED_AUTO)
+  (_, _, teacher_params, teacher_shape, teacher_colour), *students = rows
+  assert teacher_params == PUBLISHED_TEACHER[0]
+  np.testing.assert_allclose((teacher_shape, teacher_colour), PUBLISHED_TEACHER[1:], atol=0.01)
+  got = {(name, column): value for name, pruned, params, shape, colour in students
+         for column, value in (('pruned', pruned), ('params', params), ('shape', shape),
+                               ('colour', colour))}
+  assert_within_seeds(got, PUBLISHED_AUTO, floor=0.01)
   for name, _, _, shape, colour in students:
     assert shape >= teacher_shape - 0.02 and colour >= teacher_colour, (name, rows)
