@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_within_seeds
 
 from clipjax import spectra
 from clipjax.analysis import noise_study
@@ -459,7 +460,4 @@ def test_the_published_study_at_ten_percent_noise(tmp_path):
   rows = noise_study.run_study(study, tmp_path)
   got = {(r['set'], r['variant']): r['top1'] for r in rows if r['kind'] == 'top1'}
   assert set(got) == set(PUBLISHED_AT_10)
-  for key, seeds in PUBLISHED_AT_10.items():
-    low, high = min(seeds), max(seeds)
-    margin = (high - low) / 2
-    assert low - margin <= got[key] <= high + margin, (key, got[key], seeds)
+  assert_within_seeds(got, PUBLISHED_AT_10)
