@@ -5,9 +5,9 @@ library) on the same points, initial centroids, iterations and threads.
   python benchmarks/kmeans.py --points 20000 --k 2000
   python benchmarks/kmeans.py --tiles               # the assignment's tile loop, by part
 
-Each implementation runs in its own process (peak memory is that process's maximum RSS,
-input data included). faiss is not a clipjax dependency (`pip install faiss-cpu`); without
-it only clipjax is timed. Inertia is the sum of squared distances of every point to its
+Each implementation runs in its own process, timed from after its imports (clipjax's time
+includes compiling; peak memory is that process's maximum RSS, input data included). faiss
+is not a clipjax dependency (`pip install faiss-cpu`); without it only clipjax is timed. Inertia is the sum of squared distances of every point to its
 nearest final centroid, computed the same way for both. GFLOP/s counts the distance
 matrix products alone (iterations + 1 assignments of 2 * N * K * D): what bounds both.
 """
@@ -26,17 +26,19 @@ import numpy as np
 impl, path, k, iterations, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 data = np.load(path)
 x, init = data['points'], data['init']
-t = time.perf_counter()
 if impl == 'faiss':
   import faiss
   faiss.omp_set_num_threads(threads)
+else:
+  from clipjax.kmeans import kmeans
+t = time.perf_counter()
+if impl == 'faiss':
   km = faiss.Kmeans(x.shape[1], k, niter=iterations, nredo=1, max_points_per_centroid=1 << 30,
                     min_points_per_centroid=1)
   km.train(x, init_centroids=init)
   dist, _ = km.index.search(x, 1)
   inertia = float(dist.astype(np.float64).sum())
 else:
-  from clipjax.kmeans import kmeans
   inertia = kmeans(x, k, iterations=iterations, init=init).inertia
 seconds = time.perf_counter() - t
 peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
@@ -52,12 +54,13 @@ def points(n, dim, seed=0):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def tiles(args, point_tile=1024, centroid_tile=1024, repeats=3):
+def tiles(args, point_tile=1024, centroid_tile=1024, repeats=7):
   """The assignment's tile loop over 16 point tiles and --k centroids (rounded up to whole
-  tiles), --dim, reduced five ways: the matmul's row sums (what bounds the loop), its row
-  mins, and the min with the index by jnp.argmin, by argmax of equality and by clipjax's
-  integer min. XLA CPU, all of this process's threads; --points, --iterations and
-  --threads do not apply."""
+  tiles), --dim, in both layouts of a tile: [points, centroids] reduced along its rows and
+  [centroids, points] down its columns (clipjax's). Each reduces the matmul to its min, then
+  adds the index by jnp.argmin, by argmax of equality or by an integer min (clipjax's).
+  XLA CPU, all of this process's threads; --points, --iterations and --threads do not
+  apply."""
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -65,44 +68,48 @@ def tiles(args, point_tile=1024, centroid_tile=1024, repeats=3):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((16 * point_tile, args.dim), np.float32))
   c = jnp.asarray(rng.standard_normal((k, args.dim), np.float32))
-  columns = jnp.arange(centroid_tile, dtype=jnp.int32)
   index = {
-      'matmul + row sum': None,
-      'matmul + row min': None,
-      'min + jnp.argmin': lambda d, m: jnp.argmin(d, axis=1).astype(jnp.int32),
-      'min + argmax(d == min)': lambda d, m: jnp.argmax(d == m[:, None], axis=1).astype(jnp.int32),
-      'min + integer min (clipjax)':
-          lambda d, m: jnp.min(jnp.where(d == m[:, None], columns, centroid_tile), axis=1),
+      'min': None,
+      'min + jnp.argmin': lambda d, m, axis: jnp.argmin(d, axis).astype(jnp.int32),
+      'min + argmax(d == min)':
+          lambda d, m, axis: jnp.argmax(d == jnp.expand_dims(m, axis), axis).astype(jnp.int32),
+      'min + integer min': lambda d, m, axis: jnp.min(jnp.where(
+          d == jnp.expand_dims(m, axis), jax.lax.broadcasted_iota(jnp.int32, d.shape, axis),
+          centroid_tile), axis),
   }
 
-  def loop(name, x, c):
+  def loop(axis, name, x, c):
     def per_tile(xt):
       def body(carry, ct):
-        d = jnp.sum(ct * ct, 1)[None] - 2.0 * jnp.dot(xt, ct.T, precision='highest')
-        if name.endswith('sum'):
-          return carry + jnp.sum(d, axis=1), None
-        m = jnp.min(d, axis=1)
-        a = index[name](d, m) if index[name] else jnp.zeros_like(m, jnp.int32)
+        cn = jnp.sum(ct * ct, 1)
+        if axis == 1:  # [points, centroids]
+          d = cn[None] - 2.0 * jnp.dot(xt, ct.T, precision='highest')
+        else:  # [centroids, points]
+          d = cn[:, None] - 2.0 * jnp.dot(ct, xt.T, precision='highest')
+        m = jnp.min(d, axis)
+        a = index[name](d, m, axis) if index[name] else jnp.zeros_like(m, jnp.int32)
         return carry + m + a, None
       return jax.lax.scan(body, jnp.zeros(point_tile), c.reshape(-1, centroid_tile, c.shape[1]))[0]
     return jax.lax.map(per_tile, x.reshape(-1, point_tile, x.shape[1]))
 
   flops = 2 * x.shape[0] * k * args.dim
   print(f'{x.shape[0]} points x {k} centroids x {args.dim}, tiles {point_tile} x {centroid_tile}')
-  print('| reduction | ms | GFLOP/s | the index adds (vs matmul + row min) |')
-  print('|---|---|---|---|')
-  times = {}
-  for name in index:
-    f = jax.jit(functools.partial(loop, name))
-    jax.block_until_ready(f(x, c))
-    best = np.inf
-    for _ in range(repeats):
-      t = time.perf_counter()
+  print('| tile, reduced | reduction | ms | GFLOP/s | the index adds (vs min alone) |')
+  print('|---|---|---|---|---|')
+  for axis, layout in ((1, '[points, centroids], along rows'),
+                       (0, '[centroids, points], down columns')):
+    times = {}
+    for name in index:
+      f = jax.jit(functools.partial(loop, axis, name))
       jax.block_until_ready(f(x, c))
-      best = min(best, time.perf_counter() - t)
-    times[name] = best
-    added = (f'{best / times["matmul + row min"] - 1:.2f}x' if name.startswith('min +') else '')
-    print(f'| {name} | {best * 1e3:.0f} | {flops / best / 1e9:.0f} | {added} |')
+      best = np.inf
+      for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(x, c))
+        best = min(best, time.perf_counter() - t)
+      times[name] = best
+      added = f'{best / times["min"] - 1:.2f}x' if name != 'min' else ''
+      print(f'| {layout} | {name} | {best * 1e3:.0f} | {flops / best / 1e9:.0f} | {added} |')
 
 
 def run(impl, path, args):
