@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: longer end-to-end tests (still run in CI)')
+  config.addinivalue_line(
+      'markers', 'slow(minutes=0): longer end-to-end tests, left out of the README\'s test '
+      'command and run after it by .ci/run; `minutes` (on a 2-core VM) puts the longest first')
   # Many tests compile the same tiny programs (one Trainer: ~8 s, 2 s from the cache), in
   # both xdist workers and their subprocesses: share JAX's persistent compilation cache.
   # A cached executable is the one a fresh compile gives, so results are bit for bit the same.
@@ -31,6 +33,15 @@ def pytest_configure(config):
   # workers and subprocesses started after this, not this process.
   if host_allocator.wanted():
     os.environ['GLIBC_TUNABLES'] = host_allocator.TUNABLES
+
+
+def pytest_collection_modifyitems(items):
+  """Longest first: xdist hands tests out in this order, so a 29-minute study started last
+  would leave one worker busy and the other idle at the end (list.sort is stable)."""
+  def minutes(item):
+    slow = item.get_closest_marker('slow')
+    return slow.kwargs.get('minutes', 0) if slow else 0
+  items.sort(key=lambda item: -minutes(item))
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 600, env=None) -> str:

@@ -445,7 +445,7 @@ PUBLISHED_STUDY = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=14)
 def test_the_published_study(tmp_path):
   """Seed 0 of the study (the tiny LLM, the embedding job, FLAME and CLIP for 1,500
   steps): each figure within the three seeds' range widened by half of it, and the README's

@@ -290,7 +290,7 @@ PUBLISHED_STUDY = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=29)
 def test_the_published_study(tmp_path):
   """Seed 0 of the study (the tiny LLM, then CLIP, LexVLA, without the penalty, and with
   the top-k term, 1,000 steps each): each figure within the three seeds' range widened by

@@ -181,7 +181,7 @@ PUBLISHED_AUTO = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 def test_the_published_automatic_inheritance_table(tmp_path):
   """Seed 0 of the README's table (the 500-step teacher, three 300-step stages pruned to
   25 / 50 / 75%): each figure within the measured runs' range widened by half of it (one

@@ -39,7 +39,7 @@ def _steps_to_teacher(name, folder, teacher, workdir):
   return steps
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_inherited_student_reaches_teacher_sooner(tmp_path):
   folder, teacher = bench.train_teacher(str(tmp_path / 'teacher'))
   steps = {name: _steps_to_teacher(name, folder, teacher, str(tmp_path / name))

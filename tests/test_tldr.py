@@ -403,7 +403,7 @@ PUBLISHED_RATES = {  # kept, misaligned, duplicates and redundant copies removed
 RATES = ('kept_fraction', 'misaligned_removed', 'duplicates_removed', 'redundant_removed')
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=14)
 def test_the_published_study(tmp_path):
   """Seed 0 of the study (the noisy shards, the reduction, CLIP for 1,000 steps on each
   arm): zero-shot within the three seeds' range widened by half of it, each removal rate
