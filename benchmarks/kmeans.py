@@ -6,10 +6,11 @@ library) on the same points, initial centroids, iterations and threads.
   python benchmarks/kmeans.py --tiles               # the assignment's tile loop, by part
 
 Each implementation runs in its own process, timed from after its imports (clipjax's time
-includes compiling; peak memory is that process's maximum RSS, input data included). faiss
-is not a clipjax dependency (`pip install faiss-cpu`); without it only clipjax is timed. Inertia is the sum of squared distances of every point to its
-nearest final centroid, computed the same way for both. GFLOP/s counts the distance
-matrix products alone (iterations + 1 assignments of 2 * N * K * D): what bounds both.
+includes compiling; peak memory is that process's maximum RSS, input data included).
+faiss is not a clipjax dependency (`pip install faiss-cpu`); without it only clipjax is
+timed. Inertia is the sum of squared distances of every point to its nearest final
+centroid, computed the same way for both. GFLOP/s counts the distance matrix products
+alone (iterations + 1 assignments of 2 * N * K * D): what bounds both.
 """
 import argparse
 import functools
@@ -55,15 +56,16 @@ def points(n, dim, seed=0):
 
 
 def tiles(args, point_tile=1024, centroid_tile=1024, repeats=7):
-  """The assignment's tile loop over 16 point tiles and --k centroids (rounded up to whole
-  tiles), --dim, in both layouts of a tile: [points, centroids] reduced along its rows and
-  [centroids, points] down its columns (clipjax's). Each reduces the matmul to its min, then
-  adds the index by jnp.argmin, by argmax of equality or by an integer min (clipjax's).
-  XLA CPU, all of this process's threads; --points, --iterations and --threads do not
-  apply."""
+  """The assignment's tile loop over 16 point tiles and --k centroids in tiles of equal
+  size (as clipjax.kmeans splits them), --dim, centroids pre-scaled by -2, in both layouts
+  of a tile: [points, centroids] reduced along its rows and [centroids, points] down its
+  columns (clipjax's). Each reduces the matmul to its min, then adds the index by
+  jnp.argmin, by argmax of equality or by an integer min (clipjax's). XLA CPU, all of this
+  process's threads; --points, --iterations and --threads do not apply."""
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  centroid_tile = -(-args.k // -(-args.k // min(centroid_tile, args.k)))
   k = -(-args.k // centroid_tile) * centroid_tile
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((16 * point_tile, args.dim), np.float32))
@@ -79,17 +81,20 @@ def tiles(args, point_tile=1024, centroid_tile=1024, repeats=7):
   }
 
   def loop(axis, name, x, c):
+    cn = jnp.sum(c * c, 1).reshape(-1, centroid_tile)
+    scaled = (-2.0 * c).reshape(-1, centroid_tile, c.shape[1])
+
     def per_tile(xt):
-      def body(carry, ct):
-        cn = jnp.sum(ct * ct, 1)
+      def body(carry, tile):
+        ct, cnt = tile
         if axis == 1:  # [points, centroids]
-          d = cn[None] - 2.0 * jnp.dot(xt, ct.T, precision='highest')
+          d = cnt[None] + jnp.dot(xt, ct.T, precision='highest')
         else:  # [centroids, points]
-          d = cn[:, None] - 2.0 * jnp.dot(ct, xt.T, precision='highest')
+          d = cnt[:, None] + jnp.dot(ct, xt.T, precision='highest')
         m = jnp.min(d, axis)
         a = index[name](d, m, axis) if index[name] else jnp.zeros_like(m, jnp.int32)
         return carry + m + a, None
-      return jax.lax.scan(body, jnp.zeros(point_tile), c.reshape(-1, centroid_tile, c.shape[1]))[0]
+      return jax.lax.scan(body, jnp.zeros(point_tile), (scaled, cn))[0]
     return jax.lax.map(per_tile, x.reshape(-1, point_tile, x.shape[1]))
 
   flops = 2 * x.shape[0] * k * args.dim

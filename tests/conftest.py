@@ -36,8 +36,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-  """Longest first: xdist hands tests out in this order, so a 29-minute study started last
-  would leave one worker busy and the other idle at the end (list.sort is stable)."""
+  """Longest first: xdist hands tests out in this order (one at a time with
+  `--maxschedchunk 1`), so no 29-minute study starts last and leaves one worker busy while
+  the other idles (list.sort is stable: the same order on every worker)."""
   def minutes(item):
     slow = item.get_closest_marker('slow')
     return slow.kwargs.get('minutes', 0) if slow else 0

@@ -266,7 +266,7 @@ PUBLISHED = dict(pearson_binned=(0.88, 0.69, 0.83, 0.81), slope=(0.052, 0.043, 0
                  tail_top1=(0.733, 0.681, 0.679, 0.773), head_top1=(0.971, 0.885, 0.973, 0.971))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_the_study_recovers_a_log_linear_trend(tmp_path):
   """Seed 0 of the published study: the binned r and slope of accuracy against matched
   frequency, and the long-tail and head top-1, each within the measured runs' range

@@ -450,7 +450,7 @@ PUBLISHED_AT_10 = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_the_published_study_at_ten_percent_noise(tmp_path):
   """Seed 0 of the study at 10% caption noise (the quickstart CLIP, 1000 steps), LP and
   NMTune: each accuracy within the three seeds' range, widened by half of it."""
