@@ -40,9 +40,10 @@ def _assign(x, valid, c, point_tile: int, centroid_tile: int):
   layout (`benchmarks/kmeans.py --tiles`). Tiles are [centroids, points], reduced down
   their columns, and the centroids come scaled by -2 (exact but for overflow and
   subnormals): 5 Lloyd iterations on the benchmark's 200k x 128, K = 20,000 took 22.8-25.8 s
-  against 29.2-33.4 s for this code with its tiles transposed back to [points, centroids]
-  and 26.1-27.3 s for the code before both changes (`python benchmarks/kmeans.py
-  --iterations 5`, 3 alternating runs of each, 2-core AMD EPYC VM, 2026-12-03).
+  against 29.2-33.4 s for this code with its tiles transposed back to [points, centroids],
+  and 23.3-25.4 s against 26.1-27.3 s for the code before these changes (`python
+  benchmarks/kmeans.py --iterations 5`; two sessions of 3 alternating runs of each, 2-core
+  AMD EPYC VM, 2026-12-03).
   """
   cn = jnp.sum(c * c, axis=1)
   cs, cns = (-2.0 * c).reshape(-1, centroid_tile, c.shape[1]), cn.reshape(-1, centroid_tile, 1)
